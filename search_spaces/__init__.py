@@ -1,0 +1,65 @@
+"""Network families as data: genes, layers, and everything derived from them.
+
+A `SearchSpace` describes a family; a configuration (`Config`) picks one width per gene. From
+the two alone: `build_subnet` gives the plain `nn.Module`, `count` its FLOPs and params (equal to
+thop's), and `sample_within` / `mutate` / `crossover` give searchers their moves.
+"""
+
+from search_spaces import _families  # noqa: F401  (registers the built-in families)
+from search_spaces._build import (
+    LayerFactory,
+    Network,
+    architecture,
+    build_subnet,
+    load_subnet,
+    subnet_from_architecture,
+)
+from search_spaces._count import Cost, count, flops, params
+from search_spaces._ops import check_window, crossover, mutate, repair, sample, sample_within
+from search_spaces._registry import Family, create_space, get_family, list_spaces, register_space
+from search_spaces._space import (
+    Classifier,
+    Config,
+    ConvLayer,
+    Gene,
+    MaxPool,
+    ResidualBlock,
+    SearchSpace,
+    Width,
+    conv_out_size,
+    default_scales,
+)
+
+__all__ = [
+    "Classifier",
+    "Config",
+    "ConvLayer",
+    "Cost",
+    "Family",
+    "Gene",
+    "LayerFactory",
+    "MaxPool",
+    "Network",
+    "ResidualBlock",
+    "SearchSpace",
+    "Width",
+    "architecture",
+    "build_subnet",
+    "check_window",
+    "conv_out_size",
+    "count",
+    "create_space",
+    "crossover",
+    "default_scales",
+    "flops",
+    "get_family",
+    "list_spaces",
+    "load_subnet",
+    "mutate",
+    "params",
+    "register_space",
+    "repair",
+    "sample",
+    "sample_within",
+    "subnet_from_architecture",
+]

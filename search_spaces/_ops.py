@@ -1,0 +1,74 @@
+"""Configuration operators for searchers: sample, mutate, cross over, all under a FLOPs window.
+
+Every loop is bounded: a window that random draws rarely hit is reached by shrinking or growing
+genes one step at a time, which always terminates because the window is checked to be reachable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search_spaces._count import flops
+from search_spaces._space import Config, SearchSpace
+
+_RANDOM_TRIES = 64
+
+
+def check_window(space: SearchSpace, min_flops: float, max_flops: float) -> None:
+    """Raise ValueError when no configuration can have FLOPs in [min_flops, max_flops]."""
+    low, high = flops(space, space.smallest), flops(space, space.largest)
+    if max_flops < low:
+        raise ValueError(
+            f"FLOPs budget {max_flops:,.0f} is below the smallest configuration of {space.name!r} "
+            f"({low:,.0f} FLOPs, {low / high:.3f} of the full model); raise the budget"
+        )
+    if min_flops > high or min_flops > max_flops:
+        raise ValueError(f"FLOPs window [{min_flops:,.0f}, {max_flops:,.0f}] is empty for {space.name!r} (full model {high:,.0f})")
+
+
+def sample(space: SearchSpace, rng: np.random.Generator) -> Config:
+    """A uniformly random configuration: each gene's choice drawn independently."""
+    return tuple(int(rng.integers(len(g.choices))) for g in space.genes)
+
+
+def repair(space: SearchSpace, config: Config, rng: np.random.Generator, min_flops: float, max_flops: float) -> Config:
+    """Move random genes one step at a time until FLOPs lie in the window (assumed reachable)."""
+    current = list(config)
+    while flops(space, tuple(current)) > max_flops:
+        shrinkable = [i for i, c in enumerate(current) if c > 0]
+        current[shrinkable[int(rng.integers(len(shrinkable)))]] -= 1
+    while flops(space, tuple(current)) < min_flops:
+        growable = [i for i, c in enumerate(current) if c < len(space.genes[i].choices) - 1]
+        grown = list(current)
+        grown[growable[int(rng.integers(len(growable)))]] += 1
+        if flops(space, tuple(grown)) > max_flops:
+            break  # no single step lands in the window from here; accept the closest from below
+        current = grown
+    return tuple(current)
+
+
+def sample_within(
+    space: SearchSpace, rng: np.random.Generator, min_flops: float = 0.0, max_flops: float = float("inf")
+) -> Config:
+    """A random configuration with FLOPs in [min_flops, max_flops]: rejection, then repair."""
+    config = sample(space, rng)
+    for _ in range(_RANDOM_TRIES):
+        if min_flops <= flops(space, config) <= max_flops:
+            return config
+        config = sample(space, rng)
+    return repair(space, config, rng, min_flops, max_flops)
+
+
+def mutate(space: SearchSpace, config: Config, rng: np.random.Generator, prob: float = 0.1) -> Config:
+    """Resample each gene with probability `prob` (the paper's mutation)."""
+    out = list(space.validate(config))
+    for i, gene in enumerate(space.genes):
+        if rng.random() < prob:
+            out[i] = int(rng.integers(len(gene.choices)))
+    return tuple(out)
+
+
+def crossover(space: SearchSpace, a: Config, b: Config, rng: np.random.Generator) -> Config:
+    """Uniform crossover: each gene from either parent with equal probability."""
+    a, b = space.validate(a), space.validate(b)
+    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
