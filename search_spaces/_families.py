@@ -27,9 +27,7 @@ def resnet56(num_classes: int, in_channels: int, resolution: int, width_mult: fl
     return _resnet_basic("resnet56", 9, num_classes, in_channels, resolution, width_mult)
 
 
-def _resnet_basic(
-    name: str, blocks: int, num_classes: int, in_channels: int, resolution: int, width_mult: float
-) -> SearchSpace:
+def _resnet_basic(name: str, blocks: int, num_classes: int, in_channels: int, resolution: int, width_mult: float) -> SearchSpace:
     """Genes: each stage's output width (shared across its residual adds), each block's inner width."""
     genes: list[Gene] = []
     layers: list[Layer] = []
@@ -103,7 +101,15 @@ def mobilenet_v1(num_classes: int, in_channels: int, resolution: int, width_mult
 def mobilenet_v2(num_classes: int, in_channels: int, resolution: int, width_mult: float) -> SearchSpace:
     """MobileNetV2: a stage's blocks share the output gene (residual adds); each expansion is free."""
     small = _small_input(resolution)
-    settings = ((1, 16, 1, 1), (6, 24, 2, 1 if small else 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    settings = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 1 if small else 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
     genes = [Gene.from_scales("stem", _w(32, width_mult))]
     layers: list[Layer] = [ConvLayer("stem", in_channels, "stem", 3, 1 if small else 2, act="relu6")]
     prev: Width = "stem"
@@ -128,4 +134,6 @@ def mobilenet_v2(num_classes: int, in_channels: int, resolution: int, width_mult
             prev, prev_base = stage, _w(width, width_mult)
     genes.append(Gene.from_scales("last", _w(1280, width_mult)))
     layers.append(ConvLayer("last", prev, "last", 1, 1, act="relu6"))
-    return SearchSpace("mobilenet_v2", in_channels, resolution, tuple(genes), tuple(layers), Classifier("fc", "last", num_classes))
+    return SearchSpace(
+        "mobilenet_v2", in_channels, resolution, tuple(genes), tuple(layers), Classifier("fc", "last", num_classes)
+    )

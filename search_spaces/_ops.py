@@ -23,7 +23,9 @@ def check_window(space: SearchSpace, min_flops: float, max_flops: float) -> None
             f"({low:,.0f} FLOPs, {low / high:.3f} of the full model); raise the budget"
         )
     if min_flops > high or min_flops > max_flops:
-        raise ValueError(f"FLOPs window [{min_flops:,.0f}, {max_flops:,.0f}] is empty for {space.name!r} (full model {high:,.0f})")
+        raise ValueError(
+            f"FLOPs window [{min_flops:,.0f}, {max_flops:,.0f}] is empty for {space.name!r} (full model {high:,.0f})"
+        )
 
 
 def sample(space: SearchSpace, rng: np.random.Generator) -> Config:

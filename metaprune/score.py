@@ -1,0 +1,85 @@
+"""Scoring a candidate: generate its weights, extract the subnet, re-estimate BN, measure top-1.
+
+BN re-estimation resets every BatchNorm and sets momentum to None, so the running statistics
+become the exact cumulative average over the calibration batches (fixed, not augmented). Without
+it the PruningNet's stored statistics (a mix of many random paths) make every score near chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metaprune.data import ImageData, Normalizer
+from metaprune.pruningnet import PruningNet
+from search_spaces import Config
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ScoreConfig:
+    calib_images: int = 1000  # training images for BN re-estimation (fixed, no augmentation)
+    calib_batch_size: int = 100  # images per re-estimation batch
+    eval_batch_size: int = 500  # images per validation batch
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Reset BN statistics and replace them with the exact average over `batches`."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average instead of an exponential one
+    model.train()
+    for x in batches:
+        model(x)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
+def top1(model: nn.Module, batches: list[Batch]) -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / max(total, 1)
+
+
+def fixed_batches(data: ImageData, normalizer: Normalizer, batch_size: int, device: torch.device | str) -> list[Batch]:
+    """Normalised batches in a fixed order, prepared once and kept in memory."""
+    return [
+        (normalizer(data.images[i : i + batch_size]).to(device), data.labels[i : i + batch_size].to(device))
+        for i in range(0, len(data), batch_size)
+    ]
+
+
+def calibration_images(data: ImageData, count: int, seed: int) -> ImageData:
+    """A fixed random subset of the training split for BN re-estimation."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[: min(count, len(data))])
+
+
+class Scorer:
+    """Scores configurations of one trained PruningNet on fixed calibration and validation data."""
+
+    def __init__(self, pruningnet: PruningNet, calibration: list[torch.Tensor], validation: list[Batch]) -> None:
+        self.pruningnet = pruningnet.eval()
+        self.calibration = calibration
+        self.validation = validation
+
+    def subnet(self, config: Config) -> nn.Module:
+        """The candidate with generated weights and re-estimated BN statistics."""
+        subnet = self.pruningnet.extract(config)
+        recalibrate_bn(subnet, self.calibration)
+        return subnet
+
+    def __call__(self, config: Config) -> float:
+        return top1(self.subnet(config), self.validation)

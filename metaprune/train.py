@@ -1,0 +1,161 @@
+"""One training loop for every stage (PruningNet, fine-tune), resumable after a kill at any step.
+
+All randomness of step s (batch order, augmentation, the PruningNet's configuration) is derived
+from (seed, s), and the checkpoint holds model, optimizer, scheduler, step, losses and the global
+torch RNG state. So a run resumed from a checkpoint at step s computes exactly the steps an
+uninterrupted run computes after s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from metaprune.data import ImageData, Normalizer, augment, epoch_batches
+from metaprune.errors import UserError
+from metaprune.io import atomic_torch_save, safe_torch_load
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | linear (the paper) | constant, stepped per batch
+    label_smoothing: float = 0.1
+    checkpoint_every: int = 100  # steps between checkpoints (also one at every epoch end)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / total))
+    if schedule == "linear":
+        return 1.0 - step / total
+    if schedule == "constant":
+        return 1.0
+    raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A distinct, reproducible seed for everything random in one step."""
+    return (seed * 2_654_435_761 + step * 40_503 + 17) % (2**63)
+
+
+Forward = Callable[[torch.Tensor, int], torch.Tensor]  # (normalised batch, step) -> logits
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    steps: int
+    resumed_from: int
+    seconds: float
+
+
+def train(
+    model: nn.Module,
+    forward: Forward,
+    data: ImageData,
+    normalizer: Normalizer,
+    cfg: OptimConfig,
+    *,
+    seed: int,
+    checkpoint: Path,
+    flip: bool = False,
+    device: torch.device | str = "cpu",
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` with SGD; resume from `checkpoint` if it exists, save there as it goes."""
+    steps_per_epoch = len(data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(data)} training images; lower batch_size")
+    total = cfg.epochs * steps_per_epoch
+    lr_factor(cfg.schedule, 0, max(total, 1))  # reject an unknown schedule before any work
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, min(s, total), max(total, 1)))
+    state = {"step": 0, "losses": []}
+    if checkpoint.exists():
+        state = _restore(checkpoint, model, optimizer, scheduler, total)
+    step, losses, start = int(state["step"]), list(state["losses"]), int(state["step"])
+    began, batches, batches_epoch = time.perf_counter(), [], -1
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+    model.train()
+    while step < total:
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch != batches_epoch:
+            batches, batches_epoch = epoch_batches(len(data), cfg.batch_size, seed, epoch), epoch
+        generator = torch.Generator().manual_seed(step_seed(seed, step))
+        images = augment(data.images[batches[index]], generator, flip)
+        x, y = normalizer(images).to(device), data.labels[batches[index]].to(device)
+        loss = F.cross_entropy(forward(x, step), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.item()))
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{(step - start) * cfg.batch_size / (time.perf_counter() - began):.0f}")
+        if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total:
+            _save(checkpoint, model, optimizer, scheduler, step, total, losses)
+    bar.close()
+    if start == total and not checkpoint.exists():  # zero-step training still leaves its record
+        _save(checkpoint, model, optimizer, scheduler, step, total, losses)
+    return TrainResult(losses, total, start, time.perf_counter() - began)
+
+
+def _save(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, step: int, total: int, losses: list[float]) -> None:
+    atomic_torch_save(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "total_steps": total,
+            "losses": losses,
+            "torch_rng": torch.get_rng_state(),
+        },
+    )
+
+
+def _restore(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, total: int) -> dict[str, Any]:
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "step", "losses"} <= set(state):
+        raise UserError(f"checkpoint {path} is not a training checkpoint of this stage; delete it to start over")
+    if state.get("total_steps") != total:
+        raise UserError(
+            f"checkpoint {path} was made for {state.get('total_steps')} steps but this run has {total}; "
+            "use the original settings or a new --run-dir"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not fit this model ({str(exc).splitlines()[0]}); use a new --run-dir") from exc
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def load_trained_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a finished training checkpoint."""
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint {path} holds no model weights; delete it to redo that stage")
+    return state["model"]

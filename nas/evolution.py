@@ -1,0 +1,87 @@
+"""The paper's evolutionary search, with a durable record and constraints checked before scoring.
+
+Each generation: keep the best `population` candidates seen so far, take the top `parents`,
+make `mutations` mutants (each gene resampled with probability `mutation_prob`) and `crossovers`
+uniform crossovers, and fill up to `population` with random candidates. Duplicates and candidates
+outside the FLOPs window are rejected before they are scored; every loop is bounded.
+
+The search is a pure function of its seed and the scores it receives. Resuming replays it from the
+start with scores read from the record, so it retraces the same path and rescores nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+import search_spaces as ss
+from nas.record import Candidate
+from search_spaces import Config, SearchSpace
+
+
+@dataclass
+class EvolutionConfig:
+    population: int = 50  # candidates scored per generation, and the size of the kept top set
+    parents: int = 10  # best candidates that mutations and crossovers start from
+    mutations: int = 25
+    crossovers: int = 25
+    generations: int = 20
+    mutation_prob: float = 0.1  # chance that a mutation resamples each gene
+    seed: int = 0
+
+
+Evaluate = Callable[[Config], Candidate]
+
+
+class _Proposer:
+    """Draws new candidates: unseen and inside the FLOPs window, with a bounded number of tries."""
+
+    def __init__(self, space: SearchSpace, rng: np.random.Generator, min_flops: float, max_flops: float) -> None:
+        self.space, self.rng = space, rng
+        self.min_flops, self.max_flops = min_flops, max_flops
+        self.seen: set[Config] = set()
+
+    def accept(self, config: Config) -> bool:
+        if config in self.seen or not self.min_flops <= ss.flops(self.space, config) <= self.max_flops:
+            return False
+        self.seen.add(config)
+        return True
+
+    def propose(self, count: int, make: Callable[[], Config]) -> list[Config]:
+        found: list[Config] = []
+        for _ in range(count * 10):  # the official code's bound: give up rather than loop forever
+            if len(found) == count:
+                break
+            config = make()
+            if self.accept(config):
+                found.append(config)
+        return found
+
+
+def evolve(
+    space: SearchSpace, evaluate: Evaluate, cfg: EvolutionConfig, min_flops: float, max_flops: float, progress: bool = True
+) -> Candidate:
+    """Run the search; `evaluate` scores (or recalls) one configuration. Returns the best."""
+    ss.check_window(space, min_flops, max_flops)
+    rng = np.random.default_rng(cfg.seed)
+    proposer = _Proposer(space, rng, min_flops, max_flops)
+    random_config = lambda: ss.sample_within(space, rng, min_flops, max_flops)  # noqa: E731
+    top: list[Candidate] = []
+    candidates = proposer.propose(cfg.population, random_config)
+    bar = tqdm(total=cfg.generations, desc="search", unit="gen", disable=not progress, dynamic_ncols=True)
+    for _ in range(cfg.generations):
+        scored = [evaluate(config) for config in candidates]
+        top = sorted(top + scored, key=lambda c: (-c.proxy_top1, c.trial))[: cfg.population]
+        parents = [c.config for c in top[: cfg.parents]]
+        pick = lambda: parents[int(rng.integers(len(parents)))]  # noqa: E731
+        mutants = proposer.propose(cfg.mutations, lambda: ss.mutate(space, pick(), rng, cfg.mutation_prob))
+        children = proposer.propose(cfg.crossovers, lambda: ss.crossover(space, pick(), pick(), rng))
+        fill = proposer.propose(cfg.population - len(mutants) - len(children), random_config)
+        candidates = mutants + children + fill
+        bar.update(1)
+        bar.set_postfix(best=f"{top[0].proxy_top1:.2f}")
+    bar.close()
+    return top[0]
