@@ -115,6 +115,8 @@ def _is_gray(rgb: np.ndarray) -> bool:
 def load_folder(path: str | Path) -> Splits:
     """`path/train/<class>/*` and `path/test/<class>/*` (class names taken from train)."""
     root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist; pass the folder that holds train/ and test/ (data.path)")
     if not (root / "train").is_dir():
         raise UserError(
             f"data folder {root} has no train/ subfolder; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"

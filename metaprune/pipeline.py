@@ -145,6 +145,7 @@ class Run:
         """Train the PruningNet on one random configuration per mini-batch."""
         self._begin()
         cfg, data = self.cfg.pruningnet, self.prepared
+        torch.manual_seed(self.cfg.seed)  # the initial weights are part of what the seed fixes
         net = self.pruningnet()
         low, high = self.pn_window
 
@@ -152,7 +153,6 @@ class Run:
             rng = np.random.default_rng(step_seed(self.cfg.seed, step))
             return net(x, ss.sample_within(self.space, rng, low, high))
 
-        torch.manual_seed(self.cfg.seed)
         result = train(
             net, forward, data.train, data.normalizer, cfg, seed=self.cfg.seed, checkpoint=self.dir / "pruningnet.pt",
             flip=self.cfg.data.flip, device=self.device, desc="pruningnet", progress=self.cfg.progress,
@@ -252,10 +252,9 @@ def export_model(
     model: torch.nn.Module, space: ss.SearchSpace, config: ss.Config, normalizer: Normalizer, classes: list[str], out: Path
 ) -> dict[str, Any]:
     """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs."""
-    arch = ss.architecture(
-        space, config, input={"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std},
-        classes=classes, flops=ss.flops(space, config), params=ss.params(space, config),
-    )  # fmt: skip
+    inputs = {"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std}
+    cost = ss.count(space, config)
+    arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
     atomic_torch_save(out / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     atomic_write_json(out / "architecture.json", arch)
     reloaded = ss.load_subnet(out)

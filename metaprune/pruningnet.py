@@ -69,6 +69,7 @@ class GeneratedConv2d(_Dynamic):
         fan_out = full_out * spec.kernel * spec.kernel // (full_out if spec.depthwise else 1)
         self.generator = _Generator(2, hidden, shape, math.sqrt(2.0 / fan_out))
         self.in_channels, self.out_channels = full_in, full_out
+        self.scales: torch.Tensor
         self.register_buffer("scales", torch.ones(2), persistent=False)
 
     def activate(self, space: SearchSpace, config: Config) -> None:
@@ -93,6 +94,7 @@ class GeneratedLinear(_Dynamic):
         self.generator = _Generator(1, hidden, (spec.num_classes, full_in), 1.0 / math.sqrt(full_in))
         self.bias = nn.Parameter(torch.zeros(spec.num_classes))
         self.in_features = full_in
+        self.scales: torch.Tensor
         self.register_buffer("scales", torch.ones(1), persistent=False)
 
     def activate(self, space: SearchSpace, config: Config) -> None:
@@ -173,20 +175,22 @@ class PruningNet(nn.Module):
         for name, source in self.net.named_modules():
             target = targets.get(name)
             if isinstance(source, (GeneratedConv2d, GeneratedLinear)):
+                assert isinstance(target, (nn.Conv2d, nn.Linear)), name
                 target.weight.copy_(source.weight())
             if isinstance(source, GeneratedLinear):
+                assert isinstance(target, nn.Linear) and target.bias is not None
                 target.bias.copy_(source.bias)
             if isinstance(source, ChoiceBatchNorm2d):
-                _copy_bn(source.norms[source.active], target)
+                norm = source.norms[source.active]
+                assert isinstance(norm, nn.BatchNorm2d) and isinstance(target, nn.BatchNorm2d), name
+                _copy_bn(norm, target)
         return subnet
 
 
-def _copy_bn(source: nn.BatchNorm2d, target: nn.Module) -> None:
-    assert isinstance(target, nn.BatchNorm2d) and target.num_features == source.num_features
-    assert source.running_mean is not None and source.running_var is not None
-    target.running_mean.copy_(source.running_mean)  # type: ignore[union-attr]
-    target.running_var.copy_(source.running_var)  # type: ignore[union-attr]
-    target.num_batches_tracked.copy_(source.num_batches_tracked)  # type: ignore[union-attr]
+def _copy_bn(source: nn.BatchNorm2d, target: nn.BatchNorm2d) -> None:
+    assert target.num_features == source.num_features
+    for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+        getattr(target, buffer).copy_(getattr(source, buffer))
     if source.affine:
         target.weight.copy_(source.weight)
         target.bias.copy_(source.bias)

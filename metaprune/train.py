@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,7 @@ def train(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, min(s, total), max(total, 1)))
-    state = {"step": 0, "losses": []}
+    state: dict[str, Any] = {"step": 0, "losses": []}
     if checkpoint.exists():
         state = _restore(checkpoint, model, optimizer, scheduler, total)
     step, losses, start = int(state["step"]), list(state["losses"]), int(state["step"])

@@ -11,8 +11,8 @@ start with scores read from the record, so it retraces the same path and rescore
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -61,6 +61,21 @@ class _Proposer:
         return found
 
 
+def _next_generation(
+    space: SearchSpace, proposer: _Proposer, parents: list[Config], cfg: EvolutionConfig, random_config: Callable[[], Config]
+) -> list[Config]:
+    """Mutants and crossovers of the parents, topped up with random candidates."""
+    rng = proposer.rng
+
+    def pick() -> Config:
+        return parents[int(rng.integers(len(parents)))]
+
+    mutants = proposer.propose(cfg.mutations, lambda: ss.mutate(space, pick(), rng, cfg.mutation_prob))
+    children = proposer.propose(cfg.crossovers, lambda: ss.crossover(space, pick(), pick(), rng))
+    fill = proposer.propose(cfg.population - len(mutants) - len(children), random_config)
+    return mutants + children + fill
+
+
 def evolve(
     space: SearchSpace, evaluate: Evaluate, cfg: EvolutionConfig, min_flops: float, max_flops: float, progress: bool = True
 ) -> Candidate:
@@ -68,19 +83,14 @@ def evolve(
     ss.check_window(space, min_flops, max_flops)
     rng = np.random.default_rng(cfg.seed)
     proposer = _Proposer(space, rng, min_flops, max_flops)
-    random_config = lambda: ss.sample_within(space, rng, min_flops, max_flops)  # noqa: E731
+    random_config = lambda: ss.sample_within(space, rng, min_flops, max_flops)
     top: list[Candidate] = []
     candidates = proposer.propose(cfg.population, random_config)
     bar = tqdm(total=cfg.generations, desc="search", unit="gen", disable=not progress, dynamic_ncols=True)
     for _ in range(cfg.generations):
         scored = [evaluate(config) for config in candidates]
         top = sorted(top + scored, key=lambda c: (-c.proxy_top1, c.trial))[: cfg.population]
-        parents = [c.config for c in top[: cfg.parents]]
-        pick = lambda: parents[int(rng.integers(len(parents)))]  # noqa: E731
-        mutants = proposer.propose(cfg.mutations, lambda: ss.mutate(space, pick(), rng, cfg.mutation_prob))
-        children = proposer.propose(cfg.crossovers, lambda: ss.crossover(space, pick(), pick(), rng))
-        fill = proposer.propose(cfg.population - len(mutants) - len(children), random_config)
-        candidates = mutants + children + fill
+        candidates = _next_generation(space, proposer, [c.config for c in top[: cfg.parents]], cfg, random_config)
         bar.update(1)
         bar.set_postfix(best=f"{top[0].proxy_top1:.2f}")
     bar.close()

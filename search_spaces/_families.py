@@ -60,7 +60,7 @@ def resnet50(num_classes: int, in_channels: int, resolution: int, width_mult: fl
     for s, (blocks, mid_base, out_base) in enumerate(((3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048)), 1):
         out: Width = _w(out_base, width_mult)  # the last stage's output is fixed, as in the paper
         if s < 4:
-            genes.append(Gene.from_scales(f"stage{s}", out))
+            genes.append(Gene.from_scales(f"stage{s}", _w(out_base, width_mult)))
             out = f"stage{s}"
         for b in range(blocks):
             stride = 2 if s > 1 and b == 0 else 1
@@ -89,7 +89,7 @@ def mobilenet_v1(num_classes: int, in_channels: int, resolution: int, width_mult
     for i, (width, stride) in enumerate(zip(widths, strides), start=1):
         out: Width = _w(width, width_mult)
         if i < len(widths):
-            genes.append(Gene.from_scales(f"conv{i}", out))
+            genes.append(Gene.from_scales(f"conv{i}", _w(width, width_mult)))
             out = f"conv{i}"
         layers.append(ConvLayer(f"dw{i}", prev, prev, 3, stride, depthwise=True))
         layers.append(ConvLayer(f"pw{i}", prev, out, 1, 1))

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny settings that run every stage in seconds on synthetic data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+# Synthetic 16x16 images, a half-width ResNet-20, a few epochs and a small evolutionary search.
+FAST = [
+    "data.kind=synthetic",
+    "data.val_size=64",
+    "space.width_mult=0.5",
+    "threads=1",
+    "progress=false",
+    "pruningnet.epochs=2",
+    "pruningnet.batch_size=32",
+    "pruningnet.checkpoint_every=4",
+    "score.calib_images=64",
+    "score.calib_batch_size=32",
+    "search.population=8",
+    "search.parents=3",
+    "search.mutations=3",
+    "search.crossovers=3",
+    "search.generations=3",
+    "finetune.epochs=1",
+    "finetune.batch_size=32",
+]
+
+torch.set_num_threads(1)
+
+
+def cli(
+    *args: str, run_dir: Path | None = None, sets: list[str] | None = None, background: bool = False
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run run_search.py in a fresh process, as a user would."""
+    command = [sys.executable, str(ROOT / "run_search.py"), *args]
+    if run_dir is not None:
+        command += ["--run-dir", str(run_dir)]
+    for item in FAST + (sets or []):
+        command += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if background:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory holding a finished PruningNet (shared by the search tests; copy before use)."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = cli("train-pruningnet", run_dir=run_dir)
+    assert result.returncode == 0, result.stderr
+    return run_dir

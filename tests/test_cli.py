@@ -1,0 +1,101 @@
+"""The command line as a user meets it: the pipeline, the exported files, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+import search_spaces as ss
+from tests.conftest import cli
+
+
+def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = cli(run_dir=run_dir)  # no stage: the whole pipeline
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) >= {"base", "pruningnet", "search", "finetune", "export"}
+    best = summary["search"]["best"]
+    assert best["flops"] <= 0.5 * summary["base"]["flops"]
+    assert summary["search"]["evaluated"] == len((run_dir / "search_record.jsonl").read_text().splitlines())
+    assert 0 <= summary["finetune"]["top1"] <= 100 and summary["finetune"]["flops"] == best["flops"]
+    assert (run_dir / "config.yaml").exists()
+
+    # the exported files alone rebuild the model: copy them away from the run and its PruningNet
+    alone = tmp_path / "alone"
+    shutil.copytree(run_dir / "export", alone)
+    arch = json.loads((alone / "architecture.json").read_text())
+    model = ss.load_subnet(alone)
+    space = ss.SearchSpace.from_dict(arch["space"])
+    reference = ss.build_subnet(space, space.from_channels(arch["config"]))
+    reference.load_state_dict(torch.load(run_dir / "export" / "weights.pt", weights_only=True))
+    x = torch.randn(3, arch["input"]["channels"], arch["input"]["size"], arch["input"]["size"])
+    torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=0)
+    assert ss.count(space, space.from_channels(arch["config"])).flops == best["flops"] == arch["flops"]
+
+    # a second run of the same command finds everything done and redoes nothing
+    again = cli(run_dir=run_dir)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["search"]["scored_this_run"] == 0
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_gives_one_line_error_and_changes_nothing(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = snapshot(run_dir)
+    cases = [
+        (["search"], ["space.family=resnet21"], ["unknown search space 'resnet21'", "resnet20"]),
+        (["search"], ["search.max_flops=1000"], ["below the smallest configuration", "raise the budget"]),
+        (["search"], ["search.max_flop=0.5"], ["unknown config key 'search.max_flop'", "max_flops"]),
+        (["search"], ["data.kind=folder", f"data.path={tmp_path / 'missing'}"], ["does not exist", "missing"]),
+        (["search"], ["data.kind=folder", f"data.path={tmp_path / 'empty'}"], ["holds no images"]),
+        (["search"], ["pruningnet.lr=0.2"], ["pruningnet.pt", "'pruningnet'", "new --run-dir"]),
+    ]
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    for stage, sets, fragments in cases:
+        assert_clean_error(cli(*stage, run_dir=run_dir, sets=sets), *fragments)
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("search:\n  budget: 3\n")
+    assert_clean_error(cli("search", "--config", str(config_file), run_dir=run_dir), "unknown config key 'search.budget'")
+    assert snapshot(run_dir) == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    checkpoint = run_dir / "pruningnet.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = snapshot(run_dir)
+    assert_clean_error(cli("search", run_dir=run_dir), "pruningnet.pt", "corrupt", "delete it")
+    assert_clean_error(cli("train-pruningnet", run_dir=run_dir), "pruningnet.pt", "corrupt")
+    assert snapshot(run_dir) == before
+
+
+def test_stage_order_is_explained(tmp_path: Path) -> None:
+    assert_clean_error(cli("search", run_dir=tmp_path / "fresh"), "train-pruningnet")
+
+
+def test_help_explains_every_stage_and_option() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for word in ("train-pruningnet", "search", "finetune", "export", "pipeline", "--set", "--run-dir", "--config"):
+        assert word in result.stdout
+    stage_help = cli("search", "--help").stdout
+    assert "--set" in stage_help and "max_flops" in stage_help

@@ -1,0 +1,102 @@
+"""Data loading, augmentation, configuration parsing and the durable search record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metaprune.config import load_config
+from metaprune.data import augment, load_digits, load_folder, split
+from metaprune.errors import UserError
+from metaprune.io import atomic_write_text, safe_torch_load
+from nas.budget import resolve_flops
+from nas.record import SearchRecord
+from tests.conftest import CIFAR
+
+
+def write_folder(root: Path, mode: str) -> None:
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            (root / part / name).mkdir(parents=True)
+            for i in range(count):
+                shape = (12, 12, 3) if mode == "RGB" else (12, 12)
+                Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / part / name / f"{i}.png")
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("L", 1)])
+def test_folder_loader_decodes_into_memory(tmp_path: Path, mode: str, channels: int) -> None:
+    write_folder(tmp_path, mode)
+    splits = load_folder(tmp_path)
+    assert splits.train.images.shape == (6, channels, 12, 12) and splits.train.images.dtype == torch.uint8
+    assert splits.train.classes == ["cat", "dog"] and splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    first = np.asarray(Image.open(tmp_path / "train" / "cat" / "0.png"))
+    assert np.array_equal(splits.train.images[0].permute(1, 2, 0).squeeze(-1).numpy(), first)
+    assert len(splits.test) == 4
+
+
+def test_digits_are_embedded_and_split_is_fixed() -> None:
+    splits = load_digits()
+    assert splits.train.shape == (1, 8) and len(splits.train) + len(splits.test) == 1797
+    a, b = split(splits.train, 100, seed=3), split(splits.train, 100, seed=3)
+    assert torch.equal(a[1].labels, b[1].labels) and len(a[0]) == len(splits.train) - 100
+
+
+def test_augment_crops_within_padding_and_flips() -> None:
+    images = torch.arange(2 * 8 * 8, dtype=torch.uint8).view(2, 1, 8, 8)
+    out = augment(images, torch.Generator().manual_seed(0), flip=True)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    values = set(images.unique().tolist()) | {0}
+    assert set(out.unique().tolist()) <= values
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/data/cifar10 is absent")
+def test_cifar10_folder_has_the_standard_splits() -> None:
+    splits = load_folder(CIFAR)
+    assert splits.train.images.shape == (50000, 3, 32, 32) and len(splits.test) == 10000
+    assert torch.bincount(splits.train.labels).tolist() == [5000] * 10
+
+
+def test_config_overrides_and_types() -> None:
+    cfg = load_config(None, ["search.max_flops=0.3", "pruningnet.epochs=3", "data.path=/data", "space.width_mult=1"])
+    assert cfg.search.max_flops == 0.3 and cfg.pruningnet.epochs == 3 and cfg.data.path == "/data"
+    assert isinstance(cfg.space.width_mult, float)
+    with pytest.raises(UserError, match="'pruningnet.epochs' must be int"):
+        load_config(None, ["pruningnet.epochs=many"])
+    with pytest.raises(UserError, match="key=value"):
+        load_config(None, ["search.max_flops"])
+
+
+def test_budget_fraction_or_absolute() -> None:
+    assert resolve_flops(0.5, 1000, 0) == 500
+    assert resolve_flops(1, 1000, 0) == 1000
+    assert resolve_flops(250, 1000, 0) == 250
+    assert resolve_flops(None, 1000, 7) == 7
+
+
+def test_record_survives_a_torn_last_line(tmp_path: Path) -> None:
+    record = SearchRecord(tmp_path / "record.jsonl")
+    record.append((1, 2), 100, 10, 50.0)
+    record.append((2, 2), 120, 12, 60.0)
+    with open(record.path, "a") as handle:
+        handle.write('{"trial": 2, "config": [3')  # a kill in the middle of a write
+    reopened = SearchRecord(record.path)
+    assert len(reopened) == 2 and reopened.best().config == (2, 2)
+    reopened.append((3, 3), 130, 13, 55.0)
+    again = SearchRecord(record.path)
+    assert [c.trial for c in again.candidates.values()] == [0, 1, 2]
+
+
+def test_atomic_write_and_safe_load(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two" and list(tmp_path.iterdir()) == [path]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        safe_torch_load(bad)

@@ -1,0 +1,75 @@
+"""kill -9 at a random moment, run the same command again: the result equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import cli
+
+LONGER = ["pruningnet.epochs=6", "pruningnet.checkpoint_every=3"]
+
+
+def kill_when(process, condition, delay: float) -> None:
+    """Wait until `condition()` holds, then a little longer, then SIGKILL the process."""
+    deadline = time.time() + 300
+    while not condition() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process.kill()
+    process.wait()
+
+
+def losses(run_dir: Path) -> list[float]:
+    return torch.load(run_dir / "pruningnet.pt", weights_only=True)["losses"]
+
+
+def test_killed_pruningnet_training_resumes_with_identical_losses(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    assert cli("train-pruningnet", run_dir=reference, sets=LONGER).returncode == 0
+    killed = tmp_path / "killed"
+    process = cli("train-pruningnet", run_dir=killed, sets=LONGER, background=True)
+    kill_when(process, lambda: (killed / "pruningnet.pt").exists(), delay=0.7)
+    step_at_kill = torch.load(killed / "pruningnet.pt", weights_only=True)["step"]
+    expected = losses(reference)
+    assert 0 < step_at_kill < len(expected)
+    result = cli("train-pruningnet", run_dir=killed, sets=LONGER)
+    assert result.returncode == 0, result.stderr
+    assert losses(killed) == expected  # bit-for-bit: same batches, augmentations, configs, RNG
+    assert torch.equal(
+        torch.load(killed / "pruningnet.pt", weights_only=True)["model"]["net.classifier.bias"],
+        torch.load(reference / "pruningnet.pt", weights_only=True)["model"]["net.classifier.bias"],
+    )
+
+
+def record_lines(run_dir: Path) -> list[dict]:
+    path = run_dir / "search_record.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: Path, tmp_path: Path) -> None:
+    sets = ["search.generations=6"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    shutil.copytree(trained_run, reference)
+    shutil.copytree(trained_run, killed)
+    assert cli("search", run_dir=reference, sets=sets).returncode == 0
+    process = cli("search", run_dir=killed, sets=sets, background=True)
+    kill_when(process, lambda: len(record_lines(killed)) >= 12, delay=0.3)
+    scored_before = len(record_lines(killed))
+    result = cli("search", run_dir=killed, sets=sets)
+    assert result.returncode == 0, result.stderr
+
+    lines = record_lines(killed)
+    configs = [tuple(line["config"]) for line in lines]
+    assert len(configs) == len(set(configs)), "a candidate was scored twice"
+    assert [line["trial"] for line in lines] == list(range(len(lines)))
+    summary = json.loads((killed / "summary.json").read_text())["search"]
+    reference_summary = json.loads((reference / "summary.json").read_text())["search"]
+    assert summary["scored_this_run"] == len(lines) - scored_before
+    assert summary["best"] == reference_summary["best"]
+    assert sorted(configs) == sorted(tuple(line["config"]) for line in record_lines(reference))

@@ -1,0 +1,92 @@
+"""Every registered search space: analytic costs equal thop, operators stay valid, JSON round-trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import thop
+import torch
+
+import search_spaces as ss
+
+CASES = [(name, size) for name in ss.list_spaces() for size in ss.get_family(name).resolutions]
+
+
+def configs(space: ss.SearchSpace, count: int, seed: int = 0) -> list[ss.Config]:
+    rng = np.random.default_rng(seed)
+    return [space.largest, space.smallest] + [ss.sample(space, rng) for _ in range(count - 2)]
+
+
+@pytest.mark.parametrize(("name", "size"), CASES)
+def test_analytic_costs_equal_thop(name: str, size: int) -> None:
+    space = ss.create_space(name, num_classes=10, in_channels=3, resolution=size)
+    for config in configs(space, 20):
+        subnet = ss.build_subnet(space, config).eval()
+        macs, params = thop.profile(subnet, (torch.zeros(1, 3, size, size),), verbose=False)
+        assert (int(macs), int(params)) == (ss.flops(space, config), ss.params(space, config)), config
+        assert int(params) == sum(p.numel() for p in subnet.parameters())
+
+
+@pytest.mark.parametrize(("name", "size"), CASES)
+def test_space_round_trips_through_json(name: str, size: int) -> None:
+    space = ss.create_space(name, num_classes=7, in_channels=1, resolution=size)
+    assert ss.SearchSpace.from_dict(__import__("json").loads(space.to_json())) == space
+    config = configs(space, 3)[2]
+    assert space.from_channels(space.describe(config)) == config
+
+
+@pytest.mark.parametrize("name", ss.list_spaces())
+def test_operators_respect_window_and_validity(name: str) -> None:
+    space = ss.create_space(name, resolution=32)
+    full = ss.flops(space, space.largest)
+    rng = np.random.default_rng(1)
+    for budget in (0.25, 0.5):
+        for _ in range(10):
+            config = ss.sample_within(space, rng, 0.0, budget * full)
+            assert ss.flops(space, config) <= budget * full
+            assert space.validate(ss.mutate(space, config, rng, 0.5)) is not None
+            other = ss.sample(space, rng)
+            child = ss.crossover(space, config, other, rng)
+            assert all(c in (a, b) for c, a, b in zip(child, config, other))
+
+
+def test_mutation_resamples_about_prob_of_genes() -> None:
+    space = ss.create_space("resnet56")
+    rng = np.random.default_rng(0)
+    changed = [sum(a != b for a, b in zip(space.largest, ss.mutate(space, space.largest, rng, 0.1))) for _ in range(400)]
+    # a resampled gene may land on its old value (1 in ~16 choices), so slightly under 10% change
+    assert 0.07 < np.mean(changed) / len(space.genes) < 0.11
+
+
+def test_gene_choices_follow_the_paper() -> None:
+    gene = ss.Gene.from_scales("g", 1000)
+    assert len(gene.choices) == 31 and gene.choices[0] == 100 and gene.choices[-1] == 1000
+    assert ss.Gene.from_scales("small", 16).choices == tuple(range(2, 17))  # rounding merges duplicates
+
+
+def test_budget_below_smallest_is_rejected() -> None:
+    space = ss.create_space("resnet20")
+    with pytest.raises(ValueError, match="below the smallest configuration"):
+        ss.check_window(space, 0, ss.flops(space, space.smallest) - 1)
+
+
+def test_bad_configs_and_spaces_are_rejected() -> None:
+    space = ss.create_space("resnet20")
+    with pytest.raises(ValueError, match="genes"):
+        space.validate((0,))
+    with pytest.raises(ValueError, match="outside"):
+        space.validate(tuple([99] * len(space.genes)))
+    with pytest.raises(ValueError, match="unknown search space 'nope'"):
+        ss.create_space("nope")
+    with pytest.raises(ValueError, match="identity shortcut"):
+        ss.SearchSpace(
+            "bad", 3, 8, (ss.Gene.from_scales("a", 8), ss.Gene.from_scales("b", 8)),
+            (ss.ConvLayer("stem", 3, "a"), ss.ResidualBlock("r", (ss.ConvLayer("c", "a", "b"),))),
+            ss.Classifier("fc", "b", 2),
+        )  # fmt: skip
+
+
+def test_families_adapt_to_data_shape() -> None:
+    space = ss.create_space("mobilenet_v2", num_classes=3, in_channels=1, resolution=8, width_mult=0.25)
+    out = ss.build_subnet(space, space.largest)(torch.zeros(2, 1, 8, 8))
+    assert out.shape == (2, 3)
