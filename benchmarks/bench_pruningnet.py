@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--configs",
         type=int,
         default=4,
-        help="random configurations scored (part 2), FLOPs within [--flops-min, --flops-fraction] of full",
+        help="random configurations scored (part 2), FLOPs in [--flops-min, --flops-fraction] x full",
     )
     parser.add_argument("--flops-fraction", type=float, default=0.5, help="FLOPs ceiling of the scored configurations, of full")
     parser.add_argument("--flops-min", type=float, default=0.0, help="FLOPs floor of the scored configurations, of full")
@@ -113,6 +113,7 @@ def machine(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "load_avg_1min": round(os.getloadavg()[0], 2),  # other work on a shared box is the main noise source
     }
 
 
@@ -329,6 +330,7 @@ def summary(args: argparse.Namespace, source: str, train: dict[str, Any] | None,
         "data": source,
         "space": args.space,
         "machine": machine(args.threads),
+        "load_avg_1min_at_start": args.load_at_start,
     }
     if train is not None:
         out["train_ratio_full"] = round(train["ratio_full"], 3)
@@ -344,6 +346,7 @@ def summary(args: argparse.Namespace, source: str, train: dict[str, Any] | None,
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.load_at_start = round(os.getloadavg()[0], 2)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     images, source = load_images(args)

@@ -100,3 +100,8 @@ def test_atomic_write_and_safe_load(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="corrupt"):
         safe_torch_load(bad)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_files_load(path: Path) -> None:
+    assert load_config(path).name
