@@ -159,4 +159,7 @@ def load_trained_weights(path: Path) -> dict[str, torch.Tensor]:
     state = safe_torch_load(path)
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} holds no model weights; delete it to redo that stage")
-    return state["model"]
+    if state.get("step") != state.get("total_steps"):
+        raise UserError(f"training in {path} stopped at step {state.get('step')} of {state.get('total_steps')}; rerun that stage")
+    weights: dict[str, torch.Tensor] = state["model"]
+    return weights
