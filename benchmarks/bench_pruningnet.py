@@ -113,7 +113,6 @@ def machine(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "threads": threads,
-        "load_avg_1min": round(os.getloadavg()[0], 2),  # other work on a shared box is the main noise source
     }
 
 
@@ -135,6 +134,17 @@ def median_phases(samples: list[Phases]) -> Phases:
     phases = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
     phases["total"] = statistics.median(sum(s.values()) for s in samples)
     return phases
+
+
+def pair_ratios(numerator: list[Phases], denominator: list[Phases]) -> list[float]:
+    """Ratios of totals of repetitions run next to each other: they share the machine's load at that moment."""
+    return [sum(n.values()) / sum(d.values()) for n, d in zip(numerator, denominator, strict=True)]
+
+
+def summarise(ratios: list[float]) -> dict[str, float]:
+    """Median and interquartile range: a wide range says the machine was too busy to trust the median."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {"median": statistics.median(ratios), "q1": q1, "q3": q3}
 
 
 class Clock:
@@ -185,13 +195,12 @@ def bench_training(space: SearchSpace, x: torch.Tensor, y: torch.Tensor, args: a
         "pruningnet_full": train_step(full_net, lambda batch: full_net(batch, space.largest), x, y),
         "pruningnet_random": train_step(random_net, lambda batch: random_net(batch, search_spaces.sample(space, rng)), x, y),
     }
-    medians = {name: median_phases(samples) for name, samples in alternate(timed, args.train_reps, args.train_warmup).items()}
-    base = medians["plain"]["total"]
+    runs = alternate(timed, args.train_reps, args.train_warmup)
     return {
-        "median_s": medians,
+        "median_s": {name: median_phases(samples) for name, samples in runs.items()},
         "params": {"plain": count_params(plain), "pruningnet": count_params(full_net)},
-        "ratio_full": medians["pruningnet_full"]["total"] / base,
-        "ratio_random": medians["pruningnet_random"]["total"] / base,
+        "ratio_full": summarise(pair_ratios(runs["pruningnet_full"], runs["plain"])),
+        "ratio_random": summarise(pair_ratios(runs["pruningnet_random"], runs["plain"])),
     }
 
 
@@ -273,7 +282,7 @@ def bench_scoring(space: SearchSpace, data: ScoreData, args: argparse.Namespace)
     pruningnet = PruningNet(space).eval()
     scorer = Scorer(pruningnet, data.calibration, data.validation)
     full_flops = search_spaces.flops(space, space.largest)
-    per_config, pair_ratios = [], []
+    per_config, ratios = [], []
     for config in scored_configs(space, args):
         timed = {
             "score": scoring(scorer, config),
@@ -282,8 +291,7 @@ def bench_scoring(space: SearchSpace, data: ScoreData, args: argparse.Namespace)
             "pieces": scoring_pieces(pruningnet, config, data),
         }
         runs = alternate(timed, args.score_reps, args.score_warmup)
-        # neighbours in time share the machine's load, so their ratio is the least noisy
-        pair_ratios += [s["score"] / b["forward"] for s, b in zip(runs["score"], runs["bare"], strict=True)]
+        ratios += pair_ratios(runs["score"], runs["bare"])
         medians = {name: median_phases(samples) for name, samples in runs.items()}
         per_config.append(
             {
@@ -292,7 +300,7 @@ def bench_scoring(space: SearchSpace, data: ScoreData, args: argparse.Namespace)
                 "ratio": medians["score"]["total"] / medians["bare"]["total"],
             }
         )
-    return {"configs": per_config, "ratio": statistics.median(pair_ratios)}
+    return {"configs": per_config, "ratio": summarise(ratios)}
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -300,19 +308,24 @@ def ms(seconds: float) -> str:
     return f"{1000 * seconds:9.1f}"
 
 
+def spread(ratio: dict[str, float]) -> str:
+    return f"{ratio['median']:.2f} (median of adjacent pairs; interquartile {ratio['q1']:.2f}-{ratio['q3']:.2f})"
+
+
 def print_training(result: dict[str, Any]) -> None:
-    print("\nPart 1: training step (median ms per step)")
+    print("\nPart 1: training step (median ms per step; ratio column: of the medians)")
     print(f"{'variant':<20}{'forward':>9}{'backward':>9}{'optim':>9}{'total':>9}{'ratio':>8}")
     base = result["median_s"]["plain"]["total"]
     for name, m in result["median_s"].items():
         print(f"{name:<20}{ms(m['forward'])}{ms(m['backward'])}{ms(m['optimizer'])}{ms(m['total'])}{m['total'] / base:8.2f}")
     params = result["params"]
     print(f"parameters: plain {params['plain']:,}, PruningNet {params['pruningnet']:,}")
-    print(f"ratio PruningNet full / plain = {result['ratio_full']:.2f} (aim <= {TRAIN_AIM})")
+    print(f"ratio PruningNet full / plain = {spread(result['ratio_full'])} (aim <= {TRAIN_AIM})")
+    print(f"ratio PruningNet random / plain = {spread(result['ratio_random'])}")
 
 
 def print_scoring(result: dict[str, Any]) -> None:
-    print("\nPart 2: scoring one candidate (median ms per candidate)")
+    print("\nPart 2: scoring one candidate (median ms per candidate; ratio column: of the medians)")
     print(f"{'flops':>6}{'bare':>9}{'score':>9}{'ratio':>7}  |{'extract':>9}{'recal':>9}{'top1':>9}")
     for c in result["configs"]:
         m = c["median_s"]
@@ -321,7 +334,11 @@ def print_scoring(result: dict[str, Any]) -> None:
             f"{c['flops_fraction']:6.2f}{ms(m['bare']['total'])}{ms(m['score']['total'])}{c['ratio']:7.2f}  |"
             f"{ms(pieces['extract'])}{ms(pieces['recalibrate'])}{ms(pieces['top1'])}"
         )
-    print(f"ratio score / bare forward = {result['ratio']:.2f} (median of adjacent pairs; aim <= {SCORE_AIM})")
+    print(f"ratio score / bare forward = {spread(result['ratio'])} (aim <= {SCORE_AIM})")
+
+
+def rounded(ratio: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 3) for key, value in ratio.items()}
 
 
 def summary(args: argparse.Namespace, source: str, train: dict[str, Any] | None, score: dict[str, Any] | None) -> dict[str, Any]:
@@ -330,15 +347,16 @@ def summary(args: argparse.Namespace, source: str, train: dict[str, Any] | None,
         "data": source,
         "space": args.space,
         "machine": machine(args.threads),
-        "load_avg_1min_at_start": args.load_at_start,
+        # other work on a shared box is the main noise source; measured before this run adds its own load
+        "load_avg_1min_before_run": args.load_before_run,
     }
     if train is not None:
-        out["train_ratio_full"] = round(train["ratio_full"], 3)
-        out["train_ratio_random"] = round(train["ratio_random"], 3)
+        out["train_ratio_full"] = rounded(train["ratio_full"])
+        out["train_ratio_random"] = rounded(train["ratio_random"])
         out["train_aim"] = TRAIN_AIM
         out["train_plain_ms"] = round(1000 * train["median_s"]["plain"]["total"], 1)
     if score is not None:
-        out["score_ratio"] = round(score["ratio"], 3)
+        out["score_ratio"] = rounded(score["ratio"])
         out["score_aim"] = SCORE_AIM
         out["score_config_ratios"] = [round(c["ratio"], 3) for c in score["configs"]]
     return out
@@ -346,7 +364,7 @@ def summary(args: argparse.Namespace, source: str, train: dict[str, Any] | None,
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.load_at_start = round(os.getloadavg()[0], 2)
+    args.load_before_run = round(os.getloadavg()[0], 2)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     images, source = load_images(args)

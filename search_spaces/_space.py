@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Union
 
 Width = Union[str, int]
@@ -122,7 +123,7 @@ class SearchSpace:
         _validate_space(self)
 
     # -- widths -------------------------------------------------------------------------------
-    @property
+    @cached_property  # looked up for every layer at every step: build it once
     def gene_index(self) -> dict[str, int]:
         return {g.name: i for i, g in enumerate(self.genes)}
 
