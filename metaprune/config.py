@@ -27,7 +27,7 @@ class DataConfig:
     val_size: int = 300  # images carved from train (seeded) to score candidates; test is never searched
     split_seed: int = 0  # seed of that carve-out: keep it fixed across runs you compare
     flip: bool = False  # random horizontal flips in training (true for natural images, false for digits)
-    train_subset: int = 0  # use only this many training images (0 = all), for quick experiments
+    train_subset: int = 0  # use a seeded random subset of this many training images (0 = all)
 
 
 @dataclass

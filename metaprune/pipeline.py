@@ -55,6 +55,10 @@ class Run:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.device = _device(cfg.device)
+        try:
+            ss.get_family(cfg.space.family)  # fail on a typo before decoding a large dataset
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         self.splits = load_dataset(cfg.data.kind, cfg.data.path, cfg.data.split_seed)
         channels, size = self.splits.train.shape
         try:
@@ -112,8 +116,8 @@ class Run:
     def prepared(self) -> Prepared:
         cfg = self.cfg.data
         train_all = self.splits.train
-        if cfg.train_subset:
-            train_all = train_all.subset(torch.arange(min(cfg.train_subset, len(train_all))))
+        if 0 < cfg.train_subset < len(train_all):  # seeded random subset: folder data is sorted by class
+            train_all = split(train_all, len(train_all) - cfg.train_subset, cfg.split_seed + 1)[0]
         train_part, val = split(train_all, cfg.val_size, cfg.split_seed)
         return Prepared(train_part, val, self.splits.test, Normalizer.fit(train_part.images))
 

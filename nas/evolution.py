@@ -86,12 +86,15 @@ def evolve(
     random_config = lambda: ss.sample_within(space, rng, min_flops, max_flops)
     top: list[Candidate] = []
     candidates = proposer.propose(cfg.population, random_config)
-    bar = tqdm(total=cfg.generations, desc="search", unit="gen", disable=not progress, dynamic_ncols=True)
-    for _ in range(cfg.generations):
-        scored = [evaluate(config) for config in candidates]
+    bar = tqdm(total=cfg.generations * cfg.population, desc="search", unit="cand", disable=not progress, dynamic_ncols=True)
+    for generation in range(cfg.generations):
+        scored = []
+        for config in candidates:
+            scored.append(evaluate(config))
+            bar.update(1)
         top = sorted(top + scored, key=lambda c: (-c.proxy_top1, c.trial))[: cfg.population]
-        candidates = _next_generation(space, proposer, [c.config for c in top[: cfg.parents]], cfg, random_config)
-        bar.update(1)
-        bar.set_postfix(best=f"{top[0].proxy_top1:.2f}")
+        bar.set_postfix(gen=generation + 1, best=f"{top[0].proxy_top1:.2f}")
+        if generation + 1 < cfg.generations:
+            candidates = _next_generation(space, proposer, [c.config for c in top[: cfg.parents]], cfg, random_config)
     bar.close()
     return top[0]

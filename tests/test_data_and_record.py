@@ -105,3 +105,16 @@ def test_atomic_write_and_safe_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_config_files_load(path: Path) -> None:
     assert load_config(path).name
+
+
+def test_importing_the_packages_starts_neither_ray_nor_cuda() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, nas, nas.evolution, nas.record, metaprune.pipeline, search_spaces, torch\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -50,6 +50,15 @@ def test_operators_respect_window_and_validity(name: str) -> None:
             assert all(c in (a, b) for c, a, b in zip(child, config, other))
 
 
+@pytest.mark.parametrize(("low", "high"), [(0.4, 0.5), (0.2, 0.25), (0.0, 0.12)])
+def test_sample_within_lands_in_narrow_windows(low: float, high: float) -> None:
+    space = ss.create_space("mobilenet_v2", resolution=32)
+    full = ss.flops(space, space.largest)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        assert low * full <= ss.flops(space, ss.sample_within(space, rng, low * full, high * full)) <= high * full
+
+
 def test_mutation_resamples_about_prob_of_genes() -> None:
     space = ss.create_space("resnet56")
     rng = np.random.default_rng(0)
