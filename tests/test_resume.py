@@ -53,7 +53,7 @@ def record_lines(run_dir: Path) -> list[dict]:
 
 
 def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: Path, tmp_path: Path) -> None:
-    sets = ["search.generations=6"]
+    sets = ["search.generations=10"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, killed)
