@@ -64,7 +64,7 @@ class Run:
         try:
             self.space = ss.create_space(cfg.space.family, len(self.splits.train.classes), channels, size, cfg.space.width_mult)
             self.full = ss.count(self.space, self.space.largest)
-            self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops, 0.0)
+            self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops, float(self.full.flops))
             self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops, float(self.full.flops))
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -99,8 +99,23 @@ class Run:
 
     def _begin(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
         self._update_summary("base", {"flops": self.full.flops, "params": self.full.params, "space": self.space.name})
+
+    def _lock(self) -> None:
+        """One process per run directory. The OS drops the lock when its holder dies, even by kill -9."""
+        if getattr(self, "_lock_file", None) is not None:
+            return
+        import fcntl
+
+        handle = open(self.dir / ".lock", "w")  # noqa: SIM115  (held open for the run's lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"another process is running in {self.dir}; wait for it or use another --run-dir") from None
+        self._lock_file = handle
 
     def summary(self) -> dict[str, Any]:
         path = self.dir / "summary.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -110,3 +111,19 @@ def test_winner_trained_from_scratch_when_asked(trained_run: Path, tmp_path: Pat
     assert summary["finetune"]["init"] == "scratch"
     assert summary["search"]["best"]["flops"] <= 0.3 * summary["base"]["flops"]
     assert summary["export"]["reload_max_abs_diff"] == 0.0
+
+
+def test_a_second_process_on_the_same_run_dir_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    first = cli("search", run_dir=run_dir, sets=["search.generations=20"], background=True)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "search_record.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert_clean_error(cli("search", run_dir=run_dir, sets=["search.generations=20"]), "another process", "--run-dir")
+    finally:
+        first.kill()
+        first.wait()
+    # the holder died by SIGKILL: its lock went with it, and the same command resumes
+    assert cli("search", run_dir=run_dir).returncode == 0
