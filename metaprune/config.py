@@ -7,6 +7,7 @@ a few minutes. Unknown keys and values of the wrong type are errors that name th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,8 @@ class RunConfig:
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """Coerce ints to floats where a float is expected; reject anything else that does not fit."""
     options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if isinstance(value, str) and (float in options or int in options):
+        value = _parse_number(value)  # YAML reads 2e6 as a string; users mean a number
     for option in options:
         if option is type(None) and value is None:
             return None
@@ -93,6 +96,15 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             return value
     names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
     raise UserError(f"config key {key!r} must be {names}, got {value!r}")
+
+
+def _parse_number(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -125,7 +137,10 @@ def _set(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: cannot read value {raw!r}; quote strings and write numbers plainly") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -136,6 +151,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
             raise UserError(f"config file {path} does not exist; check the --config path") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} cannot be read ({exc.__class__.__name__}); pass a YAML file") from None
         except yaml.YAMLError as exc:
             raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(loaded, (dict, type(None))):
@@ -144,7 +161,66 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for override in overrides or []:
         _set(data, override)
     cfg: RunConfig = _build(RunConfig, data, "")
+    validate(cfg)
     return cfg
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise UserError(f"config key {key!r} must be {rule}, got {value!r}")
+
+
+def _check_optim(section: str, cfg: OptimConfig) -> None:
+    from metaprune.train import SCHEDULES
+
+    _require(cfg.epochs >= 1, f"{section}.epochs", cfg.epochs, ">= 1")
+    _require(cfg.batch_size >= 2, f"{section}.batch_size", cfg.batch_size, ">= 2 (BatchNorm needs two images)")
+    _require(cfg.lr > 0 and math.isfinite(cfg.lr), f"{section}.lr", cfg.lr, "a positive number")
+    _require(0 <= cfg.momentum < 1, f"{section}.momentum", cfg.momentum, "in [0, 1)")
+    _require(cfg.weight_decay >= 0, f"{section}.weight_decay", cfg.weight_decay, ">= 0")
+    _require(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {', '.join(SCHEDULES)}")
+    _require(0 <= cfg.label_smoothing < 1, f"{section}.label_smoothing", cfg.label_smoothing, "in [0, 1)")
+    _require(cfg.checkpoint_every >= 1, f"{section}.checkpoint_every", cfg.checkpoint_every, ">= 1")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every value before any work starts, so a typo cannot cost hours of finished stages."""
+    seeds = {"seed": cfg.seed, "search.seed": cfg.search.seed, "data.split_seed": cfg.data.split_seed}
+    for key, seed in seeds.items():
+        _require(0 <= seed < 2**32, key, seed, "in [0, 2**32)")
+    _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
+    _require(cfg.threads >= 0, "threads", cfg.threads, ">= 0")
+    _require(cfg.data.kind in ("digits", "folder", "synthetic"), "data.kind", cfg.data.kind, "digits, folder or synthetic")
+    _require(cfg.data.val_size >= 1, "data.val_size", cfg.data.val_size, ">= 1")
+    _require(cfg.data.train_subset >= 0, "data.train_subset", cfg.data.train_subset, ">= 0 (0 = all)")
+    wm = cfg.space.width_mult
+    _require(0 < wm <= 16 and math.isfinite(wm), "space.width_mult", wm, "in (0, 16]")
+    _check_optim("pruningnet", cfg.pruningnet)
+    _check_optim("finetune", cfg.finetune)
+    _require(cfg.pruningnet.hidden >= 1, "pruningnet.hidden", cfg.pruningnet.hidden, ">= 1")
+    _require(cfg.finetune.init in ("inherit", "scratch"), "finetune.init", cfg.finetune.init, "inherit or scratch")
+    _require(cfg.score.calib_batch_size >= 2, "score.calib_batch_size", cfg.score.calib_batch_size, ">= 2")
+    _require(
+        cfg.score.calib_images >= cfg.score.calib_batch_size,
+        "score.calib_images",
+        cfg.score.calib_images,
+        ">= score.calib_batch_size",
+    )
+    _require(cfg.score.eval_batch_size >= 1, "score.eval_batch_size", cfg.score.eval_batch_size, ">= 1")
+    search = cfg.search
+    _require(search.population >= 1, "search.population", search.population, ">= 1")
+    _require(search.generations >= 1, "search.generations", search.generations, ">= 1")
+    _require(1 <= search.parents <= search.population, "search.parents", search.parents, "in [1, search.population]")
+    _require(search.mutations >= 0, "search.mutations", search.mutations, ">= 0")
+    _require(search.crossovers >= 0, "search.crossovers", search.crossovers, ">= 0")
+    _require(0 <= search.mutation_prob <= 1, "search.mutation_prob", search.mutation_prob, "in [0, 1]")
+    for key, value in {
+        "search.max_flops": search.max_flops,
+        "search.min_flops": search.min_flops,
+        "pruningnet.max_flops": cfg.pruningnet.max_flops,
+        "pruningnet.min_flops": cfg.pruningnet.min_flops,
+    }.items():
+        _require(value >= 0 and math.isfinite(value), key, value, "a fraction <= 1 or absolute FLOPs > 1")
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -75,15 +75,18 @@ def synthetic(n: int = 512, classes: int = 4, size: int = 16, channels: int = 3,
     return Splits(train, test)
 
 
-def _read_image(path: Path, mode: str) -> np.ndarray:
-    from PIL import Image
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert(mode))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); remove or replace it") from None
 
 
-def load_folder_split(root: Path, classes: list[str] | None = None) -> ImageData:
-    """Decode every image under `root/<class>/` once into one uint8 tensor."""
+def _decode_rgb(root: Path, classes: list[str] | None) -> tuple[np.ndarray, list[int], list[str]]:
+    """All images under `root/<class>/` as one N x H x W x 3 uint8 array (square, one size)."""
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist; pass the folder that holds train/ and test/ (data.path)")
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -96,36 +99,47 @@ def load_folder_split(root: Path, classes: list[str] | None = None) -> ImageData
     ]
     if not found or not files:
         raise UserError(f"data folder {root} holds no images in class folders; expected {root}/<class>/*.jpg")
-    first = _read_image(files[0][0], "RGB")
-    mode = "L" if _is_gray(first) else "RGB"
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:  # PIL decodes without the GIL
-        arrays = list(pool.map(lambda item: _read_image(item[0], mode), files))
-    sizes = {a.shape[:2] for a in arrays}
-    if len(sizes) != 1:
-        raise UserError(f"images in {root} have different sizes {sorted(sizes)[:3]}; resize them to one square size first")
-    stacked = np.stack(arrays)
-    images = torch.from_numpy(stacked[:, None] if mode == "L" else stacked.transpose(0, 3, 1, 2).copy())
-    return ImageData(images.contiguous(), torch.tensor([label for _, label in files]), classes)
+        arrays = list(pool.map(lambda item: _read_rgb(item[0]), files))
+    sizes = sorted({a.shape[:2] for a in arrays})
+    if len(sizes) != 1 or sizes[0][0] != sizes[0][1]:
+        raise UserError(f"images in {root} have sizes {sizes[:3]}; resize them to one square size first")
+    return np.stack(arrays), [label for _, label in files], classes
 
 
 def _is_gray(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
+def _to_tensor(rgb: np.ndarray, gray: bool) -> torch.Tensor:
+    images = rgb[..., :1] if gray else rgb
+    return torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+
+
 def load_folder(path: str | Path) -> Splits:
-    """`path/train/<class>/*` and `path/test/<class>/*` (class names taken from train)."""
+    """`path/train/<class>/*` and `path/test/<class>/*` (class names taken from train).
+
+    Both splits get one channel only when every image of both is gray, and must share one size.
+    """
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist; pass the folder that holds train/ and test/ (data.path)")
-    if not (root / "train").is_dir():
+    for part in ("train", "test"):
+        if not (root / part).is_dir():
+            raise UserError(
+                f"data folder {root} has no {part}/ subfolder; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+            )
+    train, train_labels, classes = _decode_rgb(root / "train", None)
+    test, test_labels, _ = _decode_rgb(root / "test", classes)
+    if train.shape[1:] != test.shape[1:]:
         raise UserError(
-            f"data folder {root} has no train/ subfolder; expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+            f"train images are {train.shape[1]}x{train.shape[2]} but test images {test.shape[1]}x{test.shape[2]}; use one size"
         )
-    train = load_folder_split(root / "train")
-    test = load_folder_split(root / "test", train.classes) if (root / "test").is_dir() else None
-    if test is None:
-        raise UserError(f"data folder {root} has no test/ subfolder; expected {root}/test/<class>/*.jpg")
-    return Splits(train, test)
+    gray = _is_gray(train) and _is_gray(test)
+    return Splits(
+        ImageData(_to_tensor(train, gray), torch.tensor(train_labels), classes),
+        ImageData(_to_tensor(test, gray), torch.tensor(test_labels), classes),
+    )
 
 
 def load_dataset(kind: str, path: str | None = None, seed: int = 0) -> Splits:

@@ -2,41 +2,40 @@
 
     train-pruningnet -> search -> finetune -> export
 
-Run directory: `config.yaml` (resolved config), `pruningnet.pt` (training checkpoint),
-`search_record.jsonl` (every scored candidate), `finetune.pt`, `export/`, `summary.json`.
-All input is validated before anything in the directory is written.
+Run directory: `config.yaml` (the latest resolved config), `pruningnet.pt` (training checkpoint),
+`search_record.jsonl` (every scored candidate), `finetune/<id>.pt` (one per winner and fine-tune
+setting), `export/`, `summary.json`. Each artifact stores the settings it was made with and is
+refused under other settings; all input is checked before anything in the directory is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 import search_spaces as ss
-from metaprune.config import RunConfig, config_from_dict, dump_config
+from metaprune.config import RunConfig, dump_config, validate
 from metaprune.data import ImageData, Normalizer, load_dataset, split
 from metaprune.errors import UserError
-from metaprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from metaprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import Scorer, calibration_images, fixed_batches, top1
-from metaprune.train import load_trained_weights, step_seed, train
+from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
 from nas.budget import resolve_flops
 from nas.evolution import evolve
-from nas.record import Candidate, SearchRecord
+from nas.record import Candidate, MetaMismatch, SearchRecord, changed_keys
 
 STAGES = ("train-pruningnet", "search", "finetune", "export")
-# Config sections each artifact depends on: changing one of them under a finished artifact is refused.
-_DEPENDS = {
-    "pruningnet.pt": ("seed", "data", "space", "pruningnet"),
-    "search_record.jsonl": ("seed", "data", "space", "pruningnet", "score"),
-    "finetune.pt": ("seed", "data", "space", "pruningnet", "score", "search", "finetune"),
-}
+PRUNINGNET = "pruningnet.pt"
+RECORD = "search_record.jsonl"
+FINETUNE = "finetune"
 
 
 @dataclass
@@ -51,7 +50,10 @@ class Run:
     """One run directory. Construct it (validates everything), then call the stages."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
+        validate(cfg)
         self.cfg, self.dir = cfg, Path(run_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"--run-dir {self.dir} is a file; pass a directory")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.device = _device(cfg.device)
@@ -68,38 +70,55 @@ class Run:
             self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops, float(self.full.flops))
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self._check_run_dir()
+        for section in ("pruningnet", "finetune"):
+            batch = getattr(cfg, section).batch_size
+            if batch > len(self.prepared.train):
+                raise UserError(f"{section}.batch_size {batch} exceeds the {len(self.prepared.train)} training images; lower it")
+        self._check_artifacts()
 
     def _window(self, low: float, high: float, default_high: float) -> tuple[float, float]:
         window = (resolve_flops(low, self.full.flops, 0.0), resolve_flops(high, self.full.flops, default_high))
         ss.check_window(self.space, *window)
         return window
 
-    # -- run directory ----------------------------------------------------------------------------
-    def _check_run_dir(self) -> None:
-        """Refuse a config that contradicts artifacts already in the run directory."""
-        saved = self.dir / "config.yaml"
-        if not saved.exists():
-            return
-        import yaml
+    # -- what each artifact depends on ------------------------------------------------------------
+    def meta(self, artifact: str, winner: ss.Config | None = None) -> dict[str, Any]:
+        """The settings an artifact's content depends on (stored in it, checked on reuse)."""
+        full = self.cfg.to_dict()
+        meta = {key: full[key] for key in ("seed", "data", "space", "pruningnet")}
+        if artifact in (RECORD, FINETUNE):
+            meta["score"] = full["score"]
+        if artifact == FINETUNE:
+            meta.update(finetune=full["finetune"], winner=list(winner or ()))
+        return meta
 
+    def finetune_path(self, winner: ss.Config) -> Path:
+        """One checkpoint per (winner, fine-tune settings): searching again never clobbers one."""
+        digest = hashlib.sha1(json.dumps(self.meta(FINETUNE, winner), sort_keys=True).encode()).hexdigest()[:12]
+        return self.dir / FINETUNE / f"{digest}.pt"
+
+    def _check_artifacts(self) -> None:
+        """Refuse settings that contradict finished work, naming everything that depends on it."""
+        path = self.dir / PRUNINGNET
+        if path.exists():
+            stored = checkpoint_header(path)["meta"]
+            if stored != self.meta(PRUNINGNET):
+                _conflict(path, changed_keys(stored, self.meta(PRUNINGNET)), [PRUNINGNET, RECORD, f"{FINETUNE}/"])
+        if (self.dir / RECORD).exists():
+            self._record()
+
+    def _record(self) -> SearchRecord:
         try:
-            old = config_from_dict(yaml.safe_load(saved.read_text()) or {}).to_dict()
-        except (UserError, yaml.YAMLError, TypeError) as exc:
-            raise UserError(f"{saved} is unreadable ({str(exc).splitlines()[0]}); use a new --run-dir") from None
-        new = self.cfg.to_dict()
-        for artifact, sections in _DEPENDS.items():
-            if (self.dir / artifact).exists():
-                changed = [s for s in sections if old[s] != new[s]]
-                if changed:
-                    raise UserError(
-                        f"{self.dir / artifact} was made with other '{changed[0]}' settings than this config; "
-                        f"use a new --run-dir, or delete {artifact} to redo it"
-                    )
+            return SearchRecord(self.dir / RECORD, self.meta(RECORD))
+        except MetaMismatch as exc:
+            _conflict(exc.path, exc.changed, [RECORD, f"{FINETUNE}/"])
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def _begin(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock()
+        remove_stale_temp_files(self.dir)
         atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
         self._update_summary("base", {"flops": self.full.flops, "params": self.full.params, "space": self.space.name})
 
@@ -140,24 +159,35 @@ class Run:
         net = PruningNet(self.space, PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine))
         return net.to(self.device)
 
-    def trained_pruningnet(self) -> PruningNet:
-        path = self.dir / "pruningnet.pt"
-        state = safe_torch_load(path) if path.exists() else None
-        if state is None or state.get("step") != state.get("total_steps"):
+    def _require_pruningnet(self) -> Path:
+        path = self.dir / PRUNINGNET
+        header = checkpoint_header(path) if path.exists() else None
+        if header is None or header["step"] != header["total_steps"]:
             raise UserError(
                 f"no finished PruningNet in {self.dir}; run `run_search.py train-pruningnet --run-dir {self.dir}` first"
             )
+        return path
+
+    def trained_pruningnet(self) -> PruningNet:
         net = self.pruningnet()
-        net.load_state_dict(state["model"])
+        _load_weights(net, load_trained_weights(self._require_pruningnet()), self.dir / PRUNINGNET)
         return net.eval()
 
     def scorer(self) -> Scorer:
         data, cfg = self.prepared, self.cfg.score
         calib = calibration_images(data.train, cfg.calib_images, self.cfg.data.split_seed)
-        calib_x = [x for x, _ in fixed_batches(calib, data.normalizer, cfg.calib_batch_size, self.device)]
-        return Scorer(
-            self.trained_pruningnet(), calib_x, fixed_batches(data.val, data.normalizer, cfg.eval_batch_size, self.device)
-        )
+        # full batches only: a short last batch would weigh as much as a full one in the average
+        calib_x = [
+            x
+            for x, _ in fixed_batches(calib, data.normalizer, cfg.calib_batch_size, self.device)
+            if len(x) == cfg.calib_batch_size
+        ]
+        if not calib_x:
+            raise UserError(
+                f"score.calib_batch_size {cfg.calib_batch_size} exceeds the {len(calib)} calibration images; lower it"
+            )
+        val = fixed_batches(data.val, data.normalizer, cfg.eval_batch_size, self.device)
+        return Scorer(self.trained_pruningnet(), calib_x, val)
 
     # -- stages -----------------------------------------------------------------------------------
     def train_pruningnet(self) -> dict[str, Any]:
@@ -173,19 +203,21 @@ class Run:
             return net(x, ss.sample_within(self.space, rng, low, high))
 
         result = train(
-            net, forward, data.train, data.normalizer, cfg, seed=self.cfg.seed, checkpoint=self.dir / "pruningnet.pt",
+            net, forward, data.train, data.normalizer, cfg, seed=self.cfg.seed, checkpoint=self.dir / PRUNINGNET,
             flip=self.cfg.data.flip, device=self.device, desc="pruningnet", progress=self.cfg.progress,
+            meta=self.meta(PRUNINGNET),
         )  # fmt: skip
         tail = result.losses[-max(1, len(result.losses) // 10) :]
-        summary = {"steps": result.steps, "final_loss": float(np.mean(tail)) if tail else None, "checkpoint": "pruningnet.pt"}
+        summary = {"steps": result.steps, "final_loss": float(np.mean(tail)), "checkpoint": PRUNINGNET}
         self._update_summary("pruningnet", summary)
         return summary
 
     def search(self) -> dict[str, Any]:
         """Evolutionary search under the FLOPs budget; every score lands in the record at once."""
+        self._require_pruningnet()
         self._begin()
         scorer = self.scorer()
-        record = SearchRecord(self.dir / "search_record.jsonl")
+        record = self._record()
         already = len(record)
 
         def evaluate(config: ss.Config) -> Candidate:
@@ -195,16 +227,27 @@ class Run:
             cost = ss.count(self.space, config)
             return record.append(config, cost.flops, cost.params, scorer(config))
 
-        best = evolve(self.space, evaluate, self.cfg.search, *self.search_window, progress=self.cfg.progress)
+        try:
+            best = evolve(self.space, evaluate, self.cfg.search, *self.search_window, progress=self.cfg.progress)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         summary = {
             "evaluated": len(record),
             "scored_this_run": len(record) - already,
             "budget_flops": self.search_window[1],
             "best": _candidate_summary(self.space, best, self.full.flops),
-            "record": "search_record.jsonl",
+            "record": RECORD,
         }
         self._update_summary("search", summary)
+        self._drop_stale_results(best.config)
         return summary
+
+    def _drop_stale_results(self, winner: ss.Config) -> None:
+        """A new winner makes earlier fine-tune/export results describe another model: drop them."""
+        summary = self.summary()
+        stale = [s for s in ("finetune", "export") if s in summary and summary[s].get("config") != list(winner)]
+        if stale:
+            atomic_write_json(self.dir / "summary.json", {k: v for k, v in summary.items() if k not in stale})
 
     def winner(self) -> ss.Config:
         best = self.summary().get("search", {}).get("best")
@@ -212,25 +255,25 @@ class Run:
             raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
         return self.space.validate(best["config"])
 
-    def winner_model(self) -> torch.nn.Module:
+    def winner_model(self, config: ss.Config) -> torch.nn.Module:
         """The winner before fine-tuning: generated weights with re-estimated BN, or a fresh init."""
-        config = self.winner()
         if self.cfg.finetune.init == "inherit":
             return self.scorer().subnet(config).to(self.device)
-        if self.cfg.finetune.init == "scratch":
-            torch.manual_seed(self.cfg.seed)
-            return ss.build_subnet(self.space, config).to(self.device)
-        raise UserError(f"unknown finetune.init {self.cfg.finetune.init!r}; choose inherit or scratch")
+        torch.manual_seed(self.cfg.seed)
+        return ss.build_subnet(self.space, config).to(self.device)
 
     def finetune(self) -> dict[str, Any]:
         """Train the winner (from inherited weights or from scratch) and measure test top-1."""
-        self._begin()
         config, data = self.winner(), self.prepared
-        model = self.winner_model()
+        if self.cfg.finetune.init == "inherit":
+            self._require_pruningnet()
+        self._begin()
+        model = self.winner_model(config)
+        path = self.finetune_path(config)
         result = train(
             model, lambda x, step: model(x), data.train, data.normalizer, self.cfg.finetune, seed=self.cfg.seed,
-            checkpoint=self.dir / "finetune.pt", flip=self.cfg.data.flip, device=self.device, desc="finetune",
-            progress=self.cfg.progress,
+            checkpoint=path, flip=self.cfg.data.flip, device=self.device, desc="finetune", progress=self.cfg.progress,
+            meta=self.meta(FINETUNE, config),
         )  # fmt: skip
         cost = ss.count(self.space, config)
         test = fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, self.device)
@@ -238,25 +281,29 @@ class Run:
             "top1": top1(model, test),
             "flops": cost.flops,
             "params": cost.params,
+            "config": list(config),
             "steps": result.steps,
             "init": self.cfg.finetune.init,
+            "checkpoint": str(path.relative_to(self.dir)),
         }
         self._update_summary("finetune", summary)
         return summary
 
     def export(self) -> dict[str, Any]:
         """Write the winner as weights + architecture JSON, reload it from those alone, compare."""
-        self._begin()
         config = self.winner()
-        path = self.dir / "finetune.pt"
+        path = self.finetune_path(config)
         if not path.exists():
-            raise UserError(f"no fine-tuned winner in {self.dir}; run `run_search.py finetune --run-dir {self.dir}` first")
+            raise UserError(
+                f"no fine-tuned winner for these settings in {self.dir}; run `run_search.py finetune --run-dir {self.dir}` first"
+            )
+        weights = load_trained_weights(path)
+        self._begin()
         model = ss.build_subnet(self.space, config)
-        model.load_state_dict(load_trained_weights(path))
-        summary = export_model(
-            model.eval(), self.space, config, self.prepared.normalizer, self.splits.train.classes, self.dir / "export"
-        )
-        self._update_summary("export", summary)
+        _load_weights(model, weights, path)
+        classes = self.splits.train.classes
+        summary = export_model(model.eval(), self.space, config, self.prepared.normalizer, classes, self.dir / "export")
+        self._update_summary("export", {**summary, "config": list(config)})
         return summary
 
     def pipeline(self) -> dict[str, Any]:
@@ -265,6 +312,22 @@ class Run:
         self.finetune()
         self.export()
         return self.summary()
+
+
+def _conflict(path: Path, changed: list[str], redo: list[str]) -> NoReturn:
+    raise UserError(
+        f"{path} was made with other settings ({', '.join(changed[:4])}); use a new --run-dir, "
+        f"or delete {', '.join(redo)} to redo them"
+    )
+
+
+def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(
+            f"{path} does not fit this model ({str(exc).splitlines()[0]}); delete it or use a new --run-dir"
+        ) from None
 
 
 def export_model(

@@ -78,8 +78,13 @@ def train(
     device: torch.device | str = "cpu",
     desc: str = "train",
     progress: bool = True,
+    meta: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train `model` with SGD; resume from `checkpoint` if it exists, save there as it goes."""
+    """Train `model` with SGD; resume from `checkpoint` if it exists, save there as it goes.
+
+    `meta` (the settings the result depends on) is stored in every checkpoint; the caller checks
+    it with `checkpoint_header` before resuming.
+    """
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(data)} training images; lower batch_size")
@@ -113,17 +118,18 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{(step - start) * cfg.batch_size / (time.perf_counter() - began):.0f}")
         if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total:
-            _save(checkpoint, model, optimizer, scheduler, step, total, losses)
+            _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
     bar.close()
-    if start == total and not checkpoint.exists():  # zero-step training still leaves its record
-        _save(checkpoint, model, optimizer, scheduler, step, total, losses)
     return TrainResult(losses, total, start, time.perf_counter() - began)
 
 
-def _save(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, step: int, total: int, losses: list[float]) -> None:
+def _save(
+    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, step: int, total: int, losses: list[float], meta: dict[str, Any]
+) -> None:
     atomic_torch_save(
         path,
         {
+            "meta": meta,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -152,6 +158,17 @@ def _restore(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, total
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return state
+
+
+def checkpoint_header(path: Path) -> dict[str, Any]:
+    """{step, total_steps, meta} of a checkpoint, read without loading its tensors (memory-mapped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        state = safe_torch_load(path)  # raises the UserError for a corrupt file
+    if not isinstance(state, dict) or not {"model", "step", "total_steps"} <= set(state):
+        raise UserError(f"checkpoint {path} is not a metaprune training checkpoint; delete it to redo that stage")
+    return {"step": state["step"], "total_steps": state["total_steps"], "meta": state.get("meta", {})}
 
 
 def load_trained_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -86,6 +86,11 @@ def evolve(
     random_config = lambda: ss.sample_within(space, rng, min_flops, max_flops)
     top: list[Candidate] = []
     candidates = proposer.propose(cfg.population, random_config)
+    if not candidates:
+        raise ValueError(
+            f"no configuration found with FLOPs in [{min_flops:,.0f}, {max_flops:,.0f}] after {cfg.population * 10} draws; "
+            "widen the window (search.min_flops, search.max_flops)"
+        )
     bar = tqdm(total=cfg.generations * cfg.population, desc="search", unit="cand", disable=not progress, dynamic_ncols=True)
     for generation in range(cfg.generations):
         scored = []

@@ -12,6 +12,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+FORMAT = "metaprune-search-record/1"
+
+
+class MetaMismatch(ValueError):
+    """A stored artifact was made with other settings than the current ones."""
+
+    def __init__(self, path: Path, changed: list[str]) -> None:
+        self.path, self.changed = path, changed
+        super().__init__(f"{path} was made with other settings ({', '.join(changed[:4])})")
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -40,10 +62,15 @@ class Candidate:
 
 
 class SearchRecord:
-    """Append-only record of scored candidates, keyed by configuration."""
+    """Append-only record of scored candidates, keyed by configuration.
 
-    def __init__(self, path: str | Path) -> None:
+    The first line is a header holding `meta`, the settings the scores depend on; opening a
+    record with other `meta` is refused, since its scores would not be comparable.
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.meta = meta or {}
         self.candidates: dict[tuple[int, ...], Candidate] = {}
         if self.path.exists():
             self._load()
@@ -51,16 +78,29 @@ class SearchRecord:
     def _load(self) -> None:
         lines = self.path.read_bytes().split(b"\n")
         intact = 0  # bytes of the file made of complete lines
-        for line in lines[:-1]:
+        for number, line in enumerate(lines[:-1]):
             try:
-                candidate = Candidate.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                break  # a torn or foreign line: keep what precedes it
-            self.candidates.setdefault(candidate.config, candidate)
+                data = json.loads(line)
+                if number == 0:
+                    self._check_header(data)
+                else:
+                    candidate = Candidate.from_json(data)
+                    self.candidates.setdefault(candidate.config, candidate)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"line {number + 1} of search record {self.path} is damaged ({exc}); move the file aside to search afresh"
+                ) from None
             intact += len(line) + 1
-        if intact != self.path.stat().st_size:  # drop the torn tail so appends start on a clean line
+        if intact != self.path.stat().st_size:  # a torn last line (a kill mid-write): drop it
             with open(self.path, "r+b") as handle:
                 handle.truncate(intact)
+
+    def _check_header(self, data: dict[str, Any]) -> None:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a metaprune search record (format {data.get('format')!r})")
+        if self.meta and data.get("meta") != self.meta:
+            changed = sorted(changed_keys(data.get("meta") or {}, self.meta))
+            raise MetaMismatch(self.path, changed)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -74,8 +114,10 @@ class SearchRecord:
     def append(self, config: tuple[int, ...], flops: int, params: int, proxy_top1: float) -> Candidate:
         candidate = Candidate(len(self.candidates), tuple(config), flops, params, proxy_top1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        header = json.dumps({"format": FORMAT, "meta": self.meta}) + "\n" if new else ""
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(candidate.to_json()) + "\n")
+            handle.write(header + json.dumps(candidate.to_json()) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         self.candidates[candidate.config] = candidate

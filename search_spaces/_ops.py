@@ -34,18 +34,24 @@ def sample(space: SearchSpace, rng: np.random.Generator) -> Config:
 
 
 def repair(space: SearchSpace, config: Config, rng: np.random.Generator, min_flops: float, max_flops: float) -> Config:
-    """Move random genes one step at a time until FLOPs lie in the window (assumed reachable)."""
+    """Move random genes one step at a time until FLOPs lie in the window.
+
+    Shrinks while over `max_flops`, then grows only genes whose next step stays under it. It ends
+    in the window unless the window is narrower than every single step, where it ends just below.
+    """
     current = list(config)
     while flops(space, tuple(current)) > max_flops:
         shrinkable = [i for i, c in enumerate(current) if c > 0]
         current[shrinkable[int(rng.integers(len(shrinkable)))]] -= 1
     while flops(space, tuple(current)) < min_flops:
-        growable = [i for i, c in enumerate(current) if c < len(space.genes[i].choices) - 1]
-        grown = list(current)
-        grown[growable[int(rng.integers(len(growable)))]] += 1
-        if flops(space, tuple(grown)) > max_flops:
-            break  # no single step lands in the window from here; accept the closest from below
-        current = grown
+        steps = []
+        for i, choice in enumerate(current):
+            grown = current[:i] + [choice + 1] + current[i + 1 :]
+            if choice + 1 < len(space.genes[i].choices) and flops(space, tuple(grown)) <= max_flops:
+                steps.append(grown)
+        if not steps:
+            break
+        current = steps[int(rng.integers(len(steps)))]
     return tuple(current)
 
 

@@ -21,7 +21,7 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     assert set(summary) >= {"base", "pruningnet", "search", "finetune", "export"}
     best = summary["search"]["best"]
     assert best["flops"] <= 0.5 * summary["base"]["flops"]
-    assert summary["search"]["evaluated"] == len((run_dir / "search_record.jsonl").read_text().splitlines())
+    assert summary["search"]["evaluated"] == len((run_dir / "search_record.jsonl").read_text().splitlines()) - 1  # header
     assert 0 <= summary["finetune"]["top1"] <= 100 and summary["finetune"]["flops"] == best["flops"]
     assert (run_dir / "config.yaml").exists()
 
@@ -41,6 +41,18 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     again = cli(run_dir=run_dir)
     assert again.returncode == 0, again.stderr
     assert json.loads((run_dir / "summary.json").read_text())["search"]["scored_this_run"] == 0
+    assert (run_dir / "export" / "weights.pt").stat().st_mode & 0o044, "results must be readable by others"
+
+    # the same PruningNet searched at another budget (written as absolute FLOPs): no retraining,
+    # the earlier fine-tune is kept on disk and the summary no longer claims it for the new winner
+    budget = f"{0.3 * summary['base']['flops']:.6e}"
+    again = cli("search", run_dir=run_dir, sets=[f"search.max_flops={budget}"])
+    assert again.returncode == 0, again.stderr
+    new = json.loads((run_dir / "summary.json").read_text())
+    assert new["search"]["best"]["flops"] <= 0.3 * summary["base"]["flops"] and new["pruningnet"] == summary["pruningnet"]
+    assert "finetune" not in new and len(list((run_dir / "finetune").iterdir())) == 1
+    assert cli("finetune", run_dir=run_dir, sets=[f"search.max_flops={budget}"]).returncode == 0
+    assert len(list((run_dir / "finetune").iterdir())) == 2
 
 
 def assert_clean_error(result, *fragments: str) -> None:
@@ -66,7 +78,12 @@ def test_bad_input_gives_one_line_error_and_changes_nothing(trained_run: Path, t
         (["search"], ["search.max_flop=0.5"], ["unknown config key 'search.max_flop'", "max_flops"]),
         (["search"], ["data.kind=folder", f"data.path={tmp_path / 'missing'}"], ["does not exist", "missing"]),
         (["search"], ["data.kind=folder", f"data.path={tmp_path / 'empty'}"], ["holds no images"]),
-        (["search"], ["pruningnet.lr=0.2"], ["pruningnet.pt", "'pruningnet'", "new --run-dir"]),
+        (["search"], ["pruningnet.lr=0.2"], ["pruningnet.pt", "pruningnet.lr", "new --run-dir", "search_record.jsonl"]),
+        (["search"], ["search.min_flops=0.9", "search.max_flops=0.5"], ["window", "empty"]),
+        (["search"], ["score.calib_batch_size=5000"], ["score.calib_images", ">= score.calib_batch_size"]),
+        (["search"], ["pruningnet.batch_size=100000"], ["pruningnet.batch_size", "lower it"]),
+        (["pipeline"], ["finetune.init=foo"], ["finetune.init", "inherit or scratch"]),
+        (["search"], ["seed=[1"], ["cannot read value"]),
     ]
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir()
@@ -89,8 +106,21 @@ def test_corrupt_checkpoint_is_a_clear_error(trained_run: Path, tmp_path: Path) 
     assert snapshot(run_dir) == before
 
 
-def test_stage_order_is_explained(tmp_path: Path) -> None:
+def test_stage_order_is_explained_and_nothing_is_created(tmp_path: Path) -> None:
     assert_clean_error(cli("search", run_dir=tmp_path / "fresh"), "train-pruningnet")
+    assert_clean_error(cli("finetune", run_dir=tmp_path / "fresh"), "no finished search")
+    assert not (tmp_path / "fresh").exists()
+    (tmp_path / "file").write_text("x")
+    assert_clean_error(cli("search", run_dir=tmp_path / "file"), "is a file")
+
+
+def test_temp_files_of_killed_writes_are_cleaned(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    leftover = run_dir / ".pruningnet.pt.abc123.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    assert cli("train-pruningnet", run_dir=run_dir).returncode == 0
+    assert not leftover.exists()
 
 
 def test_help_explains_every_stage_and_option() -> None:

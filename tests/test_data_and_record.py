@@ -39,6 +39,21 @@ def test_folder_loader_decodes_into_memory(tmp_path: Path, mode: str, channels: 
     assert len(splits.test) == 4
 
 
+def test_folder_channels_follow_all_images_and_sizes_must_agree(tmp_path: Path) -> None:
+    write_folder(tmp_path / "mixed", "L")
+    Image.fromarray(np.full((12, 12, 3), (200, 10, 10), dtype=np.uint8)).save(tmp_path / "mixed" / "test" / "dog" / "9.png")
+    splits = load_folder(tmp_path / "mixed")
+    assert splits.train.images.shape[1] == splits.test.images.shape[1] == 3  # one colour image makes both RGB
+    write_folder(tmp_path / "sizes", "RGB")
+    Image.fromarray(np.zeros((12, 16, 3), dtype=np.uint8)).save(tmp_path / "sizes" / "train" / "cat" / "9.png")
+    with pytest.raises(UserError, match="one square size"):
+        load_folder(tmp_path / "sizes")
+    write_folder(tmp_path / "broken", "RGB")
+    (tmp_path / "broken" / "train" / "cat" / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="bad.jpg is not a readable image"):
+        load_folder(tmp_path / "broken")
+
+
 def test_digits_are_embedded_and_split_is_fixed() -> None:
     splits = load_digits()
     assert splits.train.shape == (1, 8) and len(splits.train) + len(splits.test) == 1797
@@ -62,13 +77,26 @@ def test_cifar10_folder_has_the_standard_splits() -> None:
 
 
 def test_config_overrides_and_types() -> None:
-    cfg = load_config(None, ["search.max_flops=0.3", "pruningnet.epochs=3", "data.path=/data", "space.width_mult=1"])
-    assert cfg.search.max_flops == 0.3 and cfg.pruningnet.epochs == 3 and cfg.data.path == "/data"
+    cfg = load_config(None, ["search.max_flops=2e6", "pruningnet.epochs=3", "data.path=/data", "space.width_mult=1"])
+    assert cfg.search.max_flops == 2e6 and cfg.pruningnet.epochs == 3 and cfg.data.path == "/data"
     assert isinstance(cfg.space.width_mult, float)
     with pytest.raises(UserError, match="'pruningnet.epochs' must be int"):
         load_config(None, ["pruningnet.epochs=many"])
     with pytest.raises(UserError, match="key=value"):
         load_config(None, ["search.max_flops"])
+    bad = {
+        "pruningnet.epochs=0": ">= 1",
+        "pruningnet.checkpoint_every=0": ">= 1",
+        "search.parents=60": "search.population",
+        "search.mutation_prob=1.5": "in \\[0, 1\\]",
+        "space.width_mult=.inf": "space.width_mult",
+        "seed=-1": "2\\*\\*32",
+        "finetune.schedule=steps": "cosine",
+        "device=tpu": "auto, cpu or cuda",
+    }
+    for override, message in bad.items():
+        with pytest.raises(UserError, match=message):
+            load_config(None, [override])
 
 
 def test_budget_fraction_or_absolute() -> None:
@@ -89,6 +117,18 @@ def test_record_survives_a_torn_last_line(tmp_path: Path) -> None:
     reopened.append((3, 3), 130, 13, 55.0)
     again = SearchRecord(record.path)
     assert [c.trial for c in again.candidates.values()] == [0, 1, 2]
+
+
+def test_record_refuses_a_damaged_middle_line_and_other_settings(tmp_path: Path) -> None:
+    record = SearchRecord(tmp_path / "record.jsonl", {"score": 1})
+    record.append((1, 2), 100, 10, 50.0)
+    record.append((2, 2), 120, 12, 60.0)
+    with pytest.raises(ValueError, match="other settings"):
+        SearchRecord(record.path, {"score": 2})
+    lines = record.path.read_text().splitlines()
+    record.path.write_text("\n".join([lines[0], "garbage", lines[2]]) + "\n")
+    with pytest.raises(ValueError, match="line 2 .* is damaged"):
+        SearchRecord(record.path, {"score": 1})
 
 
 def test_atomic_write_and_safe_load(tmp_path: Path) -> None:

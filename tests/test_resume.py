@@ -49,7 +49,8 @@ def test_killed_pruningnet_training_resumes_with_identical_losses(tmp_path: Path
 
 def record_lines(run_dir: Path) -> list[dict]:
     path = run_dir / "search_record.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines[1:]]  # the first line is the header
 
 
 def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: Path, tmp_path: Path) -> None:
