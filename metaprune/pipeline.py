@@ -250,8 +250,9 @@ class Run:
             atomic_write_json(self.dir / "summary.json", {k: v for k, v in summary.items() if k not in stale})
 
     def winner(self) -> ss.Config:
+        """The best candidate of the last search, provided its record still holds it."""
         best = self.summary().get("search", {}).get("best")
-        if best is None:
+        if best is None or not (self.dir / RECORD).exists() or tuple(best["config"]) not in self._record():
             raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
         return self.space.validate(best["config"])
 
