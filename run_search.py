@@ -34,18 +34,24 @@ configuration:
   from where it stopped: finished work is never redone.
 
 exit codes: 0 success, 2 bad input (the message says which value and how to fix it).
+
+settings (KEY = default, meaning):
+{settings}
 """
 
 
 def _parser() -> argparse.ArgumentParser:
+    from metaprune.config import describe_settings
+
+    epilog = EPILOG.format(settings=describe_settings())
     parser = argparse.ArgumentParser(
-        prog="run_search.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="run_search.py", description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _add_common(parser, argparse.SUPPRESS)  # options also work without a stage (pipeline)
     sub = parser.add_subparsers(dest="stage", metavar="STAGE")
     for stage, text in STAGE_HELP.items():
         stage_parser = sub.add_parser(
-            stage, help=text, description=text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+            stage, help=text, description=text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         _add_common(stage_parser, argparse.SUPPRESS)
     return parser

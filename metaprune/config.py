@@ -7,7 +7,9 @@ a few minutes. Unknown keys and values of the wrong type are errors that name th
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +45,8 @@ class PruningNetSection(OptimConfig):
     batch_size: int = 64
     hidden: int = 32  # width of each weight generator's hidden layer
     bn_affine: bool = False  # learnable scale/shift in the per-width BatchNorms
-    min_flops: float = 0.0  # training draws configurations in [min_flops, max_flops]; <= 1 means a
-    max_flops: float = 1.0  # fraction of the full model's FLOPs (the paper: no window, 0 and 1)
+    min_flops: float = 0.0  # lower end of the FLOPs window training configurations are drawn from (<= 1: fraction)
+    max_flops: float = 1.0  # upper end of that window (the paper trains on every width: 0 and 1)
 
 
 @dataclass
@@ -226,6 +228,40 @@ def validate(cfg: RunConfig) -> None:
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     result: RunConfig = _build(RunConfig, data, "")
     return result
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """`name: type = default  # comment` lines of a dataclass and its bases: the settings' docs."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
+def describe_settings() -> str:
+    """Every setting with its default and meaning, generated from the dataclasses (for --help)."""
+    lines: list[str] = []
+    defaults = RunConfig()
+    top_comments = _field_comments(RunConfig)
+    for item in dataclasses.fields(RunConfig):
+        value = getattr(defaults, item.name)
+        if dataclasses.is_dataclass(value):
+            comments = _field_comments(type(value))
+            for sub in dataclasses.fields(value):
+                lines.append(_setting_line(f"{item.name}.{sub.name}", getattr(value, sub.name), comments.get(sub.name, "")))
+        else:
+            lines.append(_setting_line(item.name, value, top_comments.get(item.name, "")))
+    return "\n".join(lines)
+
+
+def _setting_line(key: str, default: Any, comment: str) -> str:
+    shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"  {key} = {shown}".ljust(40) + (f"  {comment}" if comment else "")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -29,13 +29,13 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 @dataclass
 class OptimConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    epochs: int = 10  # passes over the training split (the last partial batch is dropped)
+    batch_size: int = 128  # images per SGD step
+    lr: float = 0.1  # peak learning rate of SGD with Nesterov momentum
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 penalty on every parameter
     schedule: str = "cosine"  # cosine | linear (the paper) | constant, stepped per batch
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # cross-entropy label smoothing in [0, 1)
     checkpoint_every: int = 100  # steps between checkpoints (also one at every epoch end)
 
 

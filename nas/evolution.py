@@ -26,11 +26,11 @@ from search_spaces import Config, SearchSpace
 class EvolutionConfig:
     population: int = 50  # candidates scored per generation, and the size of the kept top set
     parents: int = 10  # best candidates that mutations and crossovers start from
-    mutations: int = 25
-    crossovers: int = 25
-    generations: int = 20
+    mutations: int = 25  # mutants of the parents per generation
+    crossovers: int = 25  # uniform crossovers of two parents per generation
+    generations: int = 20  # about population x generations candidates are scored
     mutation_prob: float = 0.1  # chance that a mutation resamples each gene
-    seed: int = 0
+    seed: int = 0  # seeds the search's own random choices
 
 
 Evaluate = Callable[[Config], Candidate]

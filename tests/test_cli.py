@@ -130,6 +130,14 @@ def test_help_explains_every_stage_and_option() -> None:
         assert word in result.stdout
     stage_help = cli("search", "--help").stdout
     assert "--set" in stage_help and "max_flops" in stage_help
+    from metaprune.config import RunConfig
+
+    for section, value in RunConfig().to_dict().items():
+        for key in value if isinstance(value, dict) else [None]:
+            name = f"{section}.{key}" if key else section
+            line = next((line for line in result.stdout.splitlines() if line.startswith(f"  {name} = ")), None)
+            assert line is not None, f"--help does not list setting {name}"
+            assert len(line.split("  ")) > 2 and len(line.strip()) > 45, f"--help does not explain {name}: {line!r}"
 
 
 def test_winner_trained_from_scratch_when_asked(trained_run: Path, tmp_path: Path) -> None:
