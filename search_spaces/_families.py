@@ -28,7 +28,11 @@ def resnet56(num_classes: int, in_channels: int, resolution: int, width_mult: fl
 
 
 def _resnet_basic(name: str, blocks: int, num_classes: int, in_channels: int, resolution: int, width_mult: float) -> SearchSpace:
-    """Genes: each stage's output width (shared across its residual adds), each block's inner width."""
+    """Genes: each stage's output width (shared across its residual adds), each block's inner width.
+
+    Downsampling shortcuts are 1x1 conv + BN ("option B"): the parameter-free zero-padding of the
+    original CIFAR ResNet ("option A") cannot follow a searched output width.
+    """
     genes: list[Gene] = []
     layers: list[Layer] = []
     for s, width in enumerate((16, 32, 64), start=1):
@@ -132,6 +136,7 @@ def mobilenet_v2(num_classes: int, in_channels: int, resolution: int, width_mult
             else:
                 layers.extend(body)
             prev, prev_base = stage, _w(width, width_mult)
+    # The last 1x1 conv is searchable and scales with width_mult (torchvision keeps it at 1280).
     genes.append(Gene.from_scales("last", _w(1280, width_mult)))
     layers.append(ConvLayer("last", prev, "last", 1, 1, act="relu6"))
     return SearchSpace(
