@@ -179,7 +179,7 @@ def _check_optim(section: str, cfg: OptimConfig) -> None:
     _require(cfg.batch_size >= 2, f"{section}.batch_size", cfg.batch_size, ">= 2 (BatchNorm needs two images)")
     _require(cfg.lr > 0 and math.isfinite(cfg.lr), f"{section}.lr", cfg.lr, "a positive number")
     _require(0 <= cfg.momentum < 1, f"{section}.momentum", cfg.momentum, "in [0, 1)")
-    _require(cfg.weight_decay >= 0, f"{section}.weight_decay", cfg.weight_decay, ">= 0")
+    _require(0 <= cfg.weight_decay < 1, f"{section}.weight_decay", cfg.weight_decay, "in [0, 1)")
     _require(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {', '.join(SCHEDULES)}")
     _require(0 <= cfg.label_smoothing < 1, f"{section}.label_smoothing", cfg.label_smoothing, "in [0, 1)")
     _require(cfg.checkpoint_every >= 1, f"{section}.checkpoint_every", cfg.checkpoint_every, ">= 1")
@@ -199,7 +199,7 @@ def validate(cfg: RunConfig) -> None:
     _require(0 < wm <= 16 and math.isfinite(wm), "space.width_mult", wm, "in (0, 16]")
     _check_optim("pruningnet", cfg.pruningnet)
     _check_optim("finetune", cfg.finetune)
-    _require(cfg.pruningnet.hidden >= 1, "pruningnet.hidden", cfg.pruningnet.hidden, ">= 1")
+    _require(1 <= cfg.pruningnet.hidden <= 4096, "pruningnet.hidden", cfg.pruningnet.hidden, "in [1, 4096]")
     _require(cfg.finetune.init in ("inherit", "scratch"), "finetune.init", cfg.finetune.init, "inherit or scratch")
     _require(cfg.score.calib_batch_size >= 2, "score.calib_batch_size", cfg.score.calib_batch_size, ">= 2")
     _require(

@@ -81,7 +81,7 @@ def _read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); remove or replace it") from None
 
 

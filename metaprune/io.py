@@ -12,7 +12,7 @@ import torch
 
 from metaprune.errors import UserError
 
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".metaprune-tmp"  # distinct, so cleaning up never touches anyone else's files
 
 
 def _umask() -> int:
@@ -21,10 +21,11 @@ def _umask() -> int:
     return mask
 
 
-def remove_stale_temp_files(directory: Path) -> None:
-    """Temp files of writes cut short by a kill (only call while holding the directory's lock)."""
-    for path in directory.rglob(f".*{TMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
+def remove_stale_temp_files(directories: list[Path]) -> None:
+    """Temp files of writes cut short by a kill (only call while holding the run's lock)."""
+    for directory in directories:
+        for path in directory.glob(f".*{TMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

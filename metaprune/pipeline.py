@@ -85,6 +85,11 @@ class Run:
     def meta(self, artifact: str, winner: ss.Config | None = None) -> dict[str, Any]:
         """The settings an artifact's content depends on (stored in it, checked on reuse)."""
         full = self.cfg.to_dict()
+        # checkpoint intervals and evaluation batch sizes cannot change a result: left out
+        for section, key in (("pruningnet", "checkpoint_every"), ("finetune", "checkpoint_every"), ("score", "eval_batch_size")):
+            del full[section][key]
+        data = full["data"]
+        data["path"] = str(Path(data["path"]).resolve()) if data["kind"] == "folder" and data["path"] else None
         meta = {key: full[key] for key in ("seed", "data", "space", "pruningnet")}
         if artifact in (RECORD, FINETUNE):
             meta["score"] = full["score"]
@@ -105,21 +110,24 @@ class Run:
             if stored != self.meta(PRUNINGNET):
                 _conflict(path, changed_keys(stored, self.meta(PRUNINGNET)), [PRUNINGNET, RECORD, f"{FINETUNE}/"])
         if (self.dir / RECORD).exists():
-            self._record()
+            self._record(writable=False)
 
-    def _record(self) -> SearchRecord:
+    def _record(self, writable: bool) -> SearchRecord:
         try:
-            return SearchRecord(self.dir / RECORD, self.meta(RECORD))
+            return SearchRecord(self.dir / RECORD, self.meta(RECORD), writable)
         except MetaMismatch as exc:
             _conflict(exc.path, exc.changed, [RECORD, f"{FINETUNE}/"])
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
     def _begin(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock()
-        remove_stale_temp_files(self.dir)
-        atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            remove_stale_temp_files([self.dir, self.dir / FINETUNE, self.dir / "export"])
+            atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
+        except OSError as exc:
+            raise UserError(f"cannot write --run-dir {self.dir} ({exc.strerror or exc}); choose a writable directory") from None
         self._update_summary("base", {"flops": self.full.flops, "params": self.full.params, "space": self.space.name})
 
     def _lock(self) -> None:
@@ -140,9 +148,12 @@ class Run:
         path = self.dir / "summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def _update_summary(self, stage: str, result: dict[str, Any]) -> None:
+    def _update_summary(self, stage: str, result: dict[str, Any], winner: ss.Config | None = None) -> None:
+        """Set one stage's result; a new `winner` drops fine-tune/export results of another model."""
         summary = self.summary()
         summary[stage] = result
+        if winner is not None:
+            summary = {k: v for k, v in summary.items() if k not in ("finetune", "export") or v.get("config") == list(winner)}
         atomic_write_json(self.dir / "summary.json", summary)
 
     # -- shared pieces ----------------------------------------------------------------------------
@@ -217,7 +228,7 @@ class Run:
         self._require_pruningnet()
         self._begin()
         scorer = self.scorer()
-        record = self._record()
+        record = self._record(writable=True)  # under the lock: may drop a torn last line
         already = len(record)
 
         def evaluate(config: ss.Config) -> Candidate:
@@ -238,21 +249,13 @@ class Run:
             "best": _candidate_summary(self.space, best, self.full.flops),
             "record": RECORD,
         }
-        self._update_summary("search", summary)
-        self._drop_stale_results(best.config)
+        self._update_summary("search", summary, winner=best.config)
         return summary
-
-    def _drop_stale_results(self, winner: ss.Config) -> None:
-        """A new winner makes earlier fine-tune/export results describe another model: drop them."""
-        summary = self.summary()
-        stale = [s for s in ("finetune", "export") if s in summary and summary[s].get("config") != list(winner)]
-        if stale:
-            atomic_write_json(self.dir / "summary.json", {k: v for k, v in summary.items() if k not in stale})
 
     def winner(self) -> ss.Config:
         """The best candidate of the last search, provided its record still holds it."""
         best = self.summary().get("search", {}).get("best")
-        if best is None or not (self.dir / RECORD).exists() or tuple(best["config"]) not in self._record():
+        if best is None or not (self.dir / RECORD).exists() or tuple(best["config"]) not in self._record(writable=False):
             raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
         return self.space.validate(best["config"])
 

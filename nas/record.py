@@ -68,30 +68,36 @@ class SearchRecord:
     record with other `meta` is refused, since its scores would not be comparable.
     """
 
-    def __init__(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | Path, meta: dict[str, Any] | None = None, writable: bool = True) -> None:
+        """Open (or start) a record. Only a writer, holding the run's lock, may repair a torn tail."""
         self.path = Path(path)
         self.meta = meta or {}
         self.candidates: dict[tuple[int, ...], Candidate] = {}
         if self.path.exists():
-            self._load()
+            self._load(writable)
 
-    def _load(self) -> None:
-        lines = self.path.read_bytes().split(b"\n")
+    def _load(self, writable: bool) -> None:
+        content = self.path.read_bytes()
+        lines = content.split(b"\n")
         intact = 0  # bytes of the file made of complete lines
         for number, line in enumerate(lines[:-1]):
             try:
                 data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise TypeError(f"expected a JSON object, got {type(data).__name__}")
                 if number == 0:
                     self._check_header(data)
                 else:
                     candidate = Candidate.from_json(data)
                     self.candidates.setdefault(candidate.config, candidate)
+            except MetaMismatch:
+                raise
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(
                     f"line {number + 1} of search record {self.path} is damaged ({exc}); move the file aside to search afresh"
                 ) from None
             intact += len(line) + 1
-        if intact != self.path.stat().st_size:  # a torn last line (a kill mid-write): drop it
+        if writable and intact != len(content):  # a torn last line (a kill mid-write): drop it
             with open(self.path, "r+b") as handle:
                 handle.truncate(intact)
 

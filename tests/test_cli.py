@@ -112,15 +112,26 @@ def test_stage_order_is_explained_and_nothing_is_created(tmp_path: Path) -> None
     assert not (tmp_path / "fresh").exists()
     (tmp_path / "file").write_text("x")
     assert_clean_error(cli("search", run_dir=tmp_path / "file"), "is a file")
+    assert_clean_error(cli("train-pruningnet", run_dir=tmp_path / "file" / "run"), "cannot write --run-dir")
 
 
 def test_temp_files_of_killed_writes_are_cleaned(trained_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
-    leftover = run_dir / ".pruningnet.pt.abc123.tmp"
+    leftover = run_dir / ".pruningnet.pt.abc123.metaprune-tmp"
     leftover.write_bytes(b"half a checkpoint")
+    unrelated = run_dir / ".notes.tmp"
+    unrelated.write_text("the user's own file")
     assert cli("train-pruningnet", run_dir=run_dir).returncode == 0
-    assert not leftover.exists()
+    assert not leftover.exists() and unrelated.exists()
+
+
+def test_settings_that_cannot_change_results_do_not_block_reuse(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    sets = ["pruningnet.checkpoint_every=7", "score.eval_batch_size=17", "progress=true", "threads=2"]
+    result = cli("search", run_dir=run_dir, sets=sets)
+    assert result.returncode == 0, result.stderr
 
 
 def test_help_explains_every_stage_and_option() -> None:

@@ -14,7 +14,7 @@ from metaprune.data import augment, load_digits, load_folder, split
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_text, safe_torch_load
 from nas.budget import resolve_flops
-from nas.record import SearchRecord
+from nas.record import MetaMismatch, SearchRecord
 from tests.conftest import CIFAR
 
 
@@ -123,7 +123,7 @@ def test_record_refuses_a_damaged_middle_line_and_other_settings(tmp_path: Path)
     record = SearchRecord(tmp_path / "record.jsonl", {"score": 1})
     record.append((1, 2), 100, 10, 50.0)
     record.append((2, 2), 120, 12, 60.0)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(MetaMismatch, match="other settings"):
         SearchRecord(record.path, {"score": 2})
     lines = record.path.read_text().splitlines()
     record.path.write_text("\n".join([lines[0], "garbage", lines[2]]) + "\n")
