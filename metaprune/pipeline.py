@@ -66,8 +66,8 @@ class Run:
         try:
             self.space = ss.create_space(cfg.space.family, len(self.splits.train.classes), channels, size, cfg.space.width_mult)
             self.full = ss.count(self.space, self.space.largest)
-            self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops, float(self.full.flops))
-            self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops, float(self.full.flops))
+            self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops)
+            self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         for section in ("pruningnet", "finetune"):
@@ -76,8 +76,8 @@ class Run:
                 raise UserError(f"{section}.batch_size {batch} exceeds the {len(self.prepared.train)} training images; lower it")
         self._check_artifacts()
 
-    def _window(self, low: float, high: float, default_high: float) -> tuple[float, float]:
-        window = (resolve_flops(low, self.full.flops, 0.0), resolve_flops(high, self.full.flops, default_high))
+    def _window(self, low: float, high: float) -> tuple[float, float]:
+        window = (resolve_flops(low, self.full.flops), resolve_flops(high, self.full.flops))
         ss.check_window(self.space, *window)
         return window
 

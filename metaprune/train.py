@@ -61,7 +61,6 @@ Forward = Callable[[torch.Tensor, int], torch.Tensor]  # (normalised batch, step
 class TrainResult:
     losses: list[float]
     steps: int
-    resumed_from: int
     seconds: float
 
 
@@ -120,7 +119,7 @@ def train(
         if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total:
             _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
     bar.close()
-    return TrainResult(losses, total, start, time.perf_counter() - began)
+    return TrainResult(losses, total, time.perf_counter() - began)
 
 
 def _save(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 
-def resolve_flops(value: float | None, full_flops: int, default: float) -> float:
+def resolve_flops(value: float, full_flops: int) -> float:
     """`value` <= 1 is a fraction of `full_flops` (0.5 means half); larger values are absolute."""
-    if value is None:
-        return default
     if value < 0:
         raise ValueError(f"a FLOPs budget must be >= 0, got {value}")
     return value * full_flops if value <= 1 else float(value)

@@ -150,18 +150,6 @@ class SearchSpace:
     def smallest(self) -> Config:
         return tuple(0 for _ in self.genes)
 
-    def conv_layers(self) -> list[ConvLayer]:
-        """Every conv in forward order, shortcut after body."""
-        convs: list[ConvLayer] = []
-        for layer in self.layers:
-            if isinstance(layer, ConvLayer):
-                convs.append(layer)
-            elif isinstance(layer, ResidualBlock):
-                convs.extend(layer.body)
-                if layer.shortcut is not None:
-                    convs.append(layer.shortcut)
-        return convs
-
     # -- validation and encoding ----------------------------------------------------------------
     def validate(self, config: Config) -> Config:
         """Return `config` as a tuple of ints, or raise ValueError naming what is wrong."""

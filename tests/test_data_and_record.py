@@ -100,10 +100,11 @@ def test_config_overrides_and_types() -> None:
 
 
 def test_budget_fraction_or_absolute() -> None:
-    assert resolve_flops(0.5, 1000, 0) == 500
-    assert resolve_flops(1, 1000, 0) == 1000
-    assert resolve_flops(250, 1000, 0) == 250
-    assert resolve_flops(None, 1000, 7) == 7
+    assert resolve_flops(0.5, 1000) == 500
+    assert resolve_flops(1, 1000) == 1000
+    assert resolve_flops(250, 1000) == 250
+    with pytest.raises(ValueError, match=">= 0"):
+        resolve_flops(-1, 1000)
 
 
 def test_record_survives_a_torn_last_line(tmp_path: Path) -> None:

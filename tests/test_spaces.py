@@ -33,6 +33,12 @@ def test_space_round_trips_through_json(name: str, size: int) -> None:
     assert ss.SearchSpace.from_dict(__import__("json").loads(space.to_json())) == space
     config = configs(space, 3)[2]
     assert space.from_channels(space.describe(config)) == config
+    encoded = space.encode(config)
+    assert (
+        len(encoded) == len(space.genes)
+        and all(0 < v <= 1 for v in encoded)
+        and space.encode(space.largest) == [1.0] * len(space.genes)
+    )
 
 
 @pytest.mark.parametrize("name", ss.list_spaces())
