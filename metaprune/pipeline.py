@@ -32,7 +32,6 @@ from nas.budget import resolve_flops
 from nas.evolution import evolve
 from nas.record import Candidate, MetaMismatch, SearchRecord, changed_keys
 
-STAGES = ("train-pruningnet", "search", "finetune", "export")
 PRUNINGNET = "pruningnet.pt"
 RECORD = "search_record.jsonl"
 FINETUNE = "finetune"
