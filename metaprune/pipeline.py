@@ -26,7 +26,7 @@ from metaprune.data import ImageData, Normalizer, load_dataset, split
 from metaprune.errors import UserError
 from metaprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from metaprune.pruningnet import PruningNet, PruningNetConfig
-from metaprune.score import Scorer, calibration_images, fixed_batches, top1
+from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
 from nas.budget import resolve_flops
 from nas.evolution import evolve
@@ -183,21 +183,31 @@ class Run:
         _load_weights(net, load_trained_weights(self._require_pruningnet()), self.dir / PRUNINGNET)
         return net.eval()
 
-    def scorer(self) -> Scorer:
+    def scorer_spec(self) -> ScorerSpec:
+        """The trained PruningNet and the fixed scoring data, as plain data any worker can rebuild."""
         data, cfg = self.prepared, self.cfg.score
         calib = calibration_images(data.train, cfg.calib_images, self.cfg.data.split_seed)
         # full batches only: a short last batch would weigh as much as a full one in the average
-        calib_x = [
-            x
-            for x, _ in fixed_batches(calib, data.normalizer, cfg.calib_batch_size, self.device)
-            if len(x) == cfg.calib_batch_size
-        ]
-        if not calib_x:
+        whole = len(calib) // cfg.calib_batch_size * cfg.calib_batch_size
+        if whole == 0:
             raise UserError(
                 f"score.calib_batch_size {cfg.calib_batch_size} exceeds the {len(calib)} calibration images; lower it"
             )
-        val = fixed_batches(data.val, data.normalizer, cfg.eval_batch_size, self.device)
-        return Scorer(self.trained_pruningnet(), calib_x, val)
+        weights = load_trained_weights(self._require_pruningnet())
+        _load_weights(self.pruningnet(), weights, self.dir / PRUNINGNET)  # a clear error if it does not fit
+        return ScorerSpec(
+            space=self.space.to_dict(),
+            pruningnet=PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine),
+            weights=weights,
+            calibration=calib.images[:whole],
+            validation_images=data.val.images,
+            validation_labels=data.val.labels,
+            normalizer=data.normalizer,
+            score=cfg,
+        )
+
+    def scorer(self) -> Scorer:
+        return build_scorer(self.scorer_spec(), self.device)
 
     # -- stages -----------------------------------------------------------------------------------
     def train_pruningnet(self) -> dict[str, Any]:

@@ -8,13 +8,14 @@ it the PruningNet's stored statistics (a mix of many random paths) make every sc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from metaprune.data import ImageData, Normalizer
-from metaprune.pruningnet import PruningNet
-from search_spaces import Config
+from metaprune.pruningnet import PruningNet, PruningNetConfig
+from search_spaces import Config, SearchSpace
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -83,3 +84,35 @@ class Scorer:
 
     def __call__(self, config: Config) -> float:
         return top1(self.subnet(config), self.validation)
+
+
+@dataclass
+class ScorerSpec:
+    """Everything needed to rebuild a `Scorer` in another process or on another node.
+
+    Plain data only (a space description, tensors, numbers), so it pickles into Ray's object store
+    and the worker needs no access to the run directory or the dataset files. Images stay uint8
+    (a quarter of the float size) and are normalised where they are scored.
+    """
+
+    space: dict[str, Any]  # SearchSpace.to_dict()
+    pruningnet: PruningNetConfig
+    weights: dict[str, torch.Tensor]  # the trained PruningNet's state dict (on the CPU)
+    calibration: torch.Tensor  # uint8 N x C x H x W, already cut to whole calibration batches
+    validation_images: torch.Tensor  # uint8
+    validation_labels: torch.Tensor  # int64
+    normalizer: Normalizer
+    score: ScoreConfig
+
+
+def build_scorer(spec: ScorerSpec, device: torch.device | str = "cpu") -> Scorer:
+    """The scorer a spec describes, on `device`: the same scores wherever it is built."""
+    net = PruningNet(SearchSpace.from_dict(spec.space), spec.pruningnet)
+    net.load_state_dict(spec.weights)
+    net.to(device)
+    size = spec.score.calib_batch_size
+    calibration = [spec.normalizer(spec.calibration[i : i + size]).to(device) for i in range(0, len(spec.calibration), size)]
+    validation = fixed_batches(
+        ImageData(spec.validation_images, spec.validation_labels, []), spec.normalizer, spec.score.eval_batch_size, device
+    )
+    return Scorer(net, calibration, validation)

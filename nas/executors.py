@@ -1,0 +1,49 @@
+"""Executors score candidates: in this process, or on a pool of Ray actors (`nas.ray_executor`).
+
+An executor receives a round of `Task`s and yields `(task, proxy_top1)` as results arrive, in any
+order. The driver alone records results, so an executor never writes the study. Importing this
+module does not import Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from metaprune.score import ScorerSpec, build_scorer
+from search_spaces import Config
+
+
+@dataclass(frozen=True)
+class Task:
+    """One candidate to score. `trial` is its trial number in the study: unique within a round."""
+
+    trial: int
+    config: Config
+
+
+class Executor(Protocol):
+    """Scores rounds of candidates; `close` releases workers."""
+
+    def score(self, tasks: list[Task]) -> Iterator[tuple[Task, float]]:
+        """Yield each task once with its proxy top-1, as soon as it is known (any order)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExecutor:
+    """Scores one candidate after another with a scorer built in this process."""
+
+    def __init__(self, spec: ScorerSpec, device: torch.device | str = "cpu") -> None:
+        self.scorer = build_scorer(spec, device)
+
+    def score(self, tasks: list[Task]) -> Iterator[tuple[Task, float]]:
+        for task in tasks:
+            yield task, self.scorer(task.config)
+
+    def close(self) -> None:
+        pass
