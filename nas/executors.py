@@ -1,12 +1,13 @@
 """Executors score candidates: in this process, or on a pool of Ray actors (`nas.ray_executor`).
 
-An executor receives a round of `Task`s and yields `(task, proxy_top1)` as results arrive, in any
+An executor receives a round of `Task`s and yields one `Scored` per task as results arrive, in any
 order. The driver alone records results, so an executor never writes the study. Importing this
 module does not import Ray.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,11 +26,20 @@ class Task:
     config: Config
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A task's result: its proxy top-1 (percent) and the node that computed it (for the record)."""
+
+    task: Task
+    proxy_top1: float
+    node: str
+
+
 class Executor(Protocol):
     """Scores rounds of candidates; `close` releases workers."""
 
-    def score(self, tasks: list[Task]) -> Iterator[tuple[Task, float]]:
-        """Yield each task once with its proxy top-1, as soon as it is known (any order)."""
+    def score(self, tasks: list[Task]) -> Iterator[Scored]:
+        """Yield each task's result exactly once, as soon as it is known (any order)."""
         ...
 
     def close(self) -> None: ...
@@ -40,10 +50,11 @@ class InProcessExecutor:
 
     def __init__(self, spec: ScorerSpec, device: torch.device | str = "cpu") -> None:
         self.scorer = build_scorer(spec, device)
+        self.node = f"local:{socket.gethostname()}"
 
-    def score(self, tasks: list[Task]) -> Iterator[tuple[Task, float]]:
+    def score(self, tasks: list[Task]) -> Iterator[Scored]:
         for task in tasks:
-            yield task, self.scorer(task.config)
+            yield Scored(task, self.scorer(task.config), self.node)
 
     def close(self) -> None:
         pass
