@@ -17,9 +17,9 @@ from metaprune.errors import UserError
 STAGE_HELP = {
     "pipeline": "run every stage in order: train-pruningnet, search, finetune, export (the default)",
     "train-pruningnet": "train the PruningNet (one random configuration per mini-batch); resumes from its checkpoint",
-    "search": "evolutionary search under the FLOPs budget, scoring candidates with the trained PruningNet",
-    "finetune": "train the search winner (from its generated weights or from scratch) and report test top-1",
-    "export": "write the fine-tuned winner as architecture.json + weights.pt, reload it and compare outputs",
+    "search": "search under the FLOPs budget (--searcher), scoring candidates with the trained PruningNet (--executor)",
+    "finetune": "train the search winner, or the point --trial / --max-flops picks, and report test top-1",
+    "export": "write the fine-tuned winner (or the point --trial / --max-flops picks) as architecture.json + weights.pt",
 }
 
 EPILOG = """\
@@ -57,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# shortcuts for the settings users change most; each is the same as --set KEY=VALUE
+SHORTCUTS = {
+    "--searcher": ("search.searcher", "evolution | tpe | nsga2 | random (search.searcher)"),
+    "--executor": ("search.executor", "inprocess | ray: where candidates are scored (search.executor)"),
+    "--workers": ("search.workers", "Ray actors scoring candidates with --executor ray (search.workers)"),
+    "--ray-address": ("search.ray_address", "join this Ray cluster, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else local)"),
+    "--storage": ("search.storage", "Optuna storage URL for the studies (default: RUN_DIR/study.journal)"),
+}
+
+
 def _add_common(parser: argparse.ArgumentParser, default: str) -> None:
     # SUPPRESS as default: an option given before the stage is not reset by the stage's parser
     parser.add_argument(
@@ -71,25 +81,67 @@ def _add_common(parser: argparse.ArgumentParser, default: str) -> None:
         default=default,
         help="where checkpoints, the search record and summary.json go (default runs/<name>/)",
     )
+    parser.add_argument(
+        "--resume", action="store_true", default=default,
+        help="continue the run in --run-dir with its saved config.yaml (the same command without it resumes too)",
+    )  # fmt: skip
+    for flag, (key, text) in SHORTCUTS.items():
+        parser.add_argument(flag, metavar=key.split(".")[-1].upper(), default=default, help=text)
+    parser.add_argument(
+        "--trial", type=int, metavar="N", default=default,
+        help="finetune/export: use trial N of the last search (see summary.json search.pareto) instead of the best",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-flops", type=float, metavar="X", default=default,
+        help="finetune/export: use the best scored point with FLOPs <= X (<= 1: a fraction of the full model)",
+    )  # fmt: skip
 
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     stage = args.stage or "pipeline"
     from metaprune.config import load_config
-    from metaprune.pipeline import Run
+    from metaprune.pipeline import Pick, Run
 
-    cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
+    overrides = list(getattr(args, "overrides", None) or [])
+    for flag, (key, _) in SHORTCUTS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config_file = getattr(args, "config", None)
+    if getattr(args, "resume", False):
+        config_file = _saved_config(getattr(args, "run_dir", None), config_file)
+    cfg = load_config(config_file, overrides)
     run_dir = Path(getattr(args, "run_dir", None) or Path("runs") / cfg.name)
-    pipeline = Run(cfg, run_dir)
+    pick = Pick(getattr(args, "trial", None), getattr(args, "max_flops", None))
+    if (pick.trial is not None or pick.max_flops is not None) and stage not in ("finetune", "export"):
+        raise UserError(
+            f"--trial and --max-flops choose a point for finetune or export, not for {stage}; run `finetune` or `export`"
+        )
+    if pick.trial is not None and pick.max_flops is not None:
+        raise UserError("give either --trial or --max-flops, not both")
+    pipeline = Run(cfg, run_dir, pick)
     method = {"pipeline": pipeline.pipeline, "train-pruningnet": pipeline.train_pruningnet, "search": pipeline.search,
               "finetune": pipeline.finetune, "export": pipeline.export}[stage]  # fmt: skip
     result = method()
     print(json.dumps(result, indent=2))
     print(f"\n{stage} finished. Results: {run_dir / 'summary.json'}", file=sys.stderr)
     if stage in ("pipeline", "export"):
-        print(f"Exported subnet: {run_dir / 'export'} (load with search_spaces.load_subnet)", file=sys.stderr)
+        files = (result if stage == "export" else result.get("export", {})).get("files", [])
+        where = Path(files[0]).parent if files else run_dir / "export"
+        print(f"Exported subnet: {where} (load with search_spaces.load_subnet)", file=sys.stderr)
     return 0
+
+
+def _saved_config(run_dir: str | None, config_file: str | None) -> Path:
+    if config_file is not None:
+        raise UserError("--resume takes the run's saved config.yaml; drop --config (use --set to change a setting)")
+    if run_dir is None:
+        raise UserError("--resume needs --run-dir, the run to continue")
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        raise UserError(f"nothing to resume: {saved} does not exist; start the run without --resume")
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,12 @@ class PruningNetSection(OptimConfig):
 class SearchSection(EvolutionConfig):
     max_flops: float = 0.5  # the budget: <= 1 is a fraction of the full model, larger is absolute FLOPs
     min_flops: float = 0.0  # optional lower bound, same units
+    searcher: str = "evolution"  # evolution (the paper) | tpe | nsga2 (accuracy/FLOPs front) | random
+    batch: int = 10  # trials per round for tpe and random (evolution and nsga2 use population); fixed for reproducibility
+    executor: str = "inprocess"  # inprocess | ray (a pool of Ray actors, one per GPU or sharing the CPUs)
+    workers: int = 2  # Ray actors scoring candidates (executor=ray)
+    ray_address: str = ""  # join this Ray cluster (executor=ray); empty: RAY_ADDRESS if set, else start Ray locally
+    storage: str = ""  # Optuna storage URL for the studies (e.g. postgresql://...); empty: RUN_DIR/study.journal
 
 
 @dataclass
@@ -210,6 +216,14 @@ def validate(cfg: RunConfig) -> None:
     )
     _require(cfg.score.eval_batch_size >= 1, "score.eval_batch_size", cfg.score.eval_batch_size, ">= 1")
     search = cfg.search
+    from nas.searchers import SEARCHERS
+
+    _require(search.searcher in SEARCHERS, "search.searcher", search.searcher, f"one of {', '.join(SEARCHERS)}")
+    _require(search.batch >= 1, "search.batch", search.batch, ">= 1")
+    _require(search.executor in ("inprocess", "ray"), "search.executor", search.executor, "inprocess or ray")
+    _require(search.workers >= 1, "search.workers", search.workers, ">= 1")
+    if search.searcher == "nsga2":
+        _require(search.population >= 2, "search.population", search.population, ">= 2 for searcher nsga2")
     _require(search.population >= 1, "search.population", search.population, ">= 1")
     _require(search.generations >= 1, "search.generations", search.generations, ">= 1")
     _require(1 <= search.parents <= search.population, "search.parents", search.parents, "in [1, search.population]")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
+from optuna.study import StudyDirection
 
 import search_spaces as ss
 from metaprune.config import RunConfig, dump_config, validate
@@ -29,12 +31,25 @@ from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
 from nas.budget import resolve_flops
-from nas.evolution import evolve
-from nas.record import Candidate, MetaMismatch, SearchRecord, changed_keys
+from nas.executors import Executor, InProcessExecutor
+from nas.search import run_search
+from nas.searchers import make_searcher
+from nas.study import (
+    JOURNAL,
+    Candidate,
+    MetaMismatch,
+    Storage,
+    StudyRecord,
+    changed_keys,
+    load_candidates,
+    pareto_front,
+    run_studies,
+)
 
 PRUNINGNET = "pruningnet.pt"
-RECORD = "search_record.jsonl"
+RECORD = JOURNAL
 FINETUNE = "finetune"
+FRONT_PLOT = "search_front.png"
 
 
 @dataclass
@@ -45,12 +60,20 @@ class Prepared:
     normalizer: Normalizer
 
 
+@dataclass
+class Pick:
+    """Which point of the last search later stages use: a trial, the best under a FLOPs cap, or the best."""
+
+    trial: int | None = None
+    max_flops: float | None = None  # <= 1: a fraction of the full model's FLOPs
+
+
 class Run:
     """One run directory. Construct it (validates everything), then call the stages."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None) -> None:
         validate(cfg)
-        self.cfg, self.dir = cfg, Path(run_dir)
+        self.cfg, self.dir, self.pick = cfg, Path(run_dir), pick or Pick()
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"--run-dir {self.dir} is a file; pass a directory")
         if cfg.threads > 0:
@@ -108,16 +131,59 @@ class Run:
             stored = checkpoint_header(path)["meta"]
             if stored != self.meta(PRUNINGNET):
                 _conflict(path, changed_keys(stored, self.meta(PRUNINGNET)), [PRUNINGNET, RECORD, f"{FINETUNE}/"])
-        if (self.dir / RECORD).exists():
-            self._record(writable=False)
+        if self.cfg.search.storage or (self.dir / RECORD).exists():
+            self._guard(lambda: run_studies(self.storage(writable=False), self.study_prefix, self.meta(RECORD)))
 
-    def _record(self, writable: bool) -> SearchRecord:
+    def _guard(self, action: Any) -> Any:
+        """Run `action`, turning a study made under other settings, or a damaged one, into a UserError."""
         try:
-            return SearchRecord(self.dir / RECORD, self.meta(RECORD), writable)
+            return action()
         except MetaMismatch as exc:
-            _conflict(exc.path, exc.changed, [RECORD, f"{FINETUNE}/"])
+            studies = f"the run's studies in {exc.path}" if self.cfg.search.storage else RECORD
+            redo = [studies, f"{FINETUNE}/"]
+            _conflict(exc.path, exc.changed, redo)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+
+    # -- the study record -------------------------------------------------------------------------
+    def storage(self, writable: bool) -> Storage:
+        url = self.cfg.search.storage
+        try:
+            return Storage(url, self.dir, writable)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        except Exception as exc:  # a database that cannot be reached
+            raise UserError(f"cannot open search.storage {url!r} ({str(exc).splitlines()[0]}); check the URL") from None
+
+    @property
+    def study_prefix(self) -> str:
+        """Studies of this run: all of its journal file, or those named `<name>/...` in a shared database."""
+        return f"{self.cfg.name}/" if self.cfg.search.storage else ""
+
+    def study_name(self) -> str:
+        """One study per searcher, window and search settings (settings of executors left out)."""
+        search = self.cfg.to_dict()["search"]
+        for key in ("executor", "workers", "ray_address", "storage"):
+            del search[key]
+        search["window"] = list(self.search_window)
+        digest = hashlib.sha1(json.dumps(search, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.study_prefix}{self.cfg.search.searcher}-{digest}"
+
+    def study(self, writable: bool, directions: list[StudyDirection] | None = None) -> StudyRecord:
+        search = self.cfg.to_dict()["search"]
+        attrs = {"searcher": search["searcher"], "search": search, "window": list(self.search_window)}
+        return self._guard(
+            lambda: StudyRecord(
+                self.storage(writable),
+                self.study_name(),
+                self.study_prefix,
+                self.space,
+                self.meta(RECORD),
+                directions or [StudyDirection.MAXIMIZE],
+                attrs,
+                self.search_window,
+            )  # fmt: skip
+        )
 
     def _begin(self) -> None:
         try:
@@ -232,39 +298,98 @@ class Run:
         self._update_summary("pruningnet", summary)
         return summary
 
-    def search(self) -> dict[str, Any]:
-        """Evolutionary search under the FLOPs budget; every score lands in the record at once."""
-        self._require_pruningnet()
-        self._begin()
-        scorer = self.scorer()
-        record = self._record(writable=True)  # under the lock: may drop a torn last line
-        already = len(record)
-
-        def evaluate(config: ss.Config) -> Candidate:
-            known = record.get(config)
-            if known is not None:
-                return known
-            cost = ss.count(self.space, config)
-            return record.append(config, cost.flops, cost.params, scorer(config))
+    def executor(self, spec: ScorerSpec) -> Executor:
+        search = self.cfg.search
+        if search.executor == "inprocess":
+            return InProcessExecutor(spec, self.device)
+        from nas.ray_executor import RayExecutor  # Ray is imported only when asked for
 
         try:
-            best = evolve(self.space, evaluate, self.cfg.search, *self.search_window, progress=self.cfg.progress)
+            return RayExecutor(spec, search.workers, search.ray_address or None, device=self.cfg.device)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        except ConnectionError as exc:
+            raise UserError(f"cannot join the Ray cluster at {search.ray_address!r} ({exc}); check --ray-address") from None
+
+    def search(self) -> dict[str, Any]:
+        """Search under the FLOPs budget with the chosen searcher; every result lands in the study at once."""
+        self._require_pruningnet()
+        spec = self.scorer_spec()  # fails on an unfit PruningNet before anything is written
+        self._begin()
+        search = self.cfg.search
+        try:
+            searcher = make_searcher(search.searcher, self.space, search, self.search_window, search.batch)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        record = self.study(writable=True, directions=searcher.directions)  # under the lock: may cut a torn tail
+        executor = self.executor(spec)
+        try:
+            total = search.population * search.generations
+            outcome = self._guard(lambda: run_search(searcher, record, executor, total, self.cfg.progress))
+        finally:
+            executor.close()
+        if not outcome.candidates:
+            raise UserError("the search scored no candidate inside the window; widen it (search.max_flops) or run more trials")
+        best = max(outcome.candidates, key=lambda c: (c.proxy_top1, -c.flops, -c.trial))
+        front = pareto_front(outcome.candidates)
+        from nas.plot import plot_front
+
+        plot_front(outcome.candidates, front, self.search_window[1], self.full.flops, self.dir / FRONT_PLOT, title=record.name)
+        timing = {
+            "driver_s": round(outcome.driver_seconds, 3),
+            "scoring_s": round(outcome.scoring_seconds, 3),
+            "driver_share": round(outcome.driver_seconds / max(outcome.scoring_seconds, 1e-9), 4) if outcome.scored_now else None,
+        }
         summary = {
-            "evaluated": len(record),
-            "scored_this_run": len(record) - already,
+            "searcher": search.searcher,
+            "study": record.name,
+            "storage": record.storage.location,
+            "executor": search.executor if search.executor == "inprocess" else f"ray x{search.workers}",
+            "evaluated": len(outcome.candidates),
+            "trials": outcome.trials,
+            "scored_this_run": outcome.scored_now,
             "budget_flops": self.search_window[1],
             "best": _candidate_summary(self.space, best, self.full.flops),
-            "record": RECORD,
+            "pareto": [_point(c) for c in front],
+            "plot": FRONT_PLOT,
+            "timing": timing,
         }
         self._update_summary("search", summary, winner=best.config)
         return summary
 
+    def candidates(self) -> tuple[str, list[Candidate]]:
+        """The study of the last search and its measured candidates (read only)."""
+        name = self.summary().get("search", {}).get("study")
+        found = None
+        if name is not None and (self.cfg.search.storage or (self.dir / RECORD).exists()):
+            found = self._guard(lambda: load_candidates(self.storage(writable=False), name, self.space))
+        if not found:
+            raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
+        return name, found
+
     def winner(self) -> ss.Config:
-        """The best candidate of the last search, provided its record still holds it."""
-        best = self.summary().get("search", {}).get("best")
-        if best is None or not (self.dir / RECORD).exists() or tuple(best["config"]) not in self._record(writable=False):
+        """The chosen point of the last search: `pick` (a trial, or the best under a FLOPs cap), else the best."""
+        name, found = self.candidates()
+        if self.pick.trial is not None:
+            chosen = [c for c in found if c.trial == self.pick.trial]
+            if not chosen:
+                raise UserError(
+                    f"--trial {self.pick.trial} is not a scored trial of study {name} "
+                    f"(trials {found[0].trial}..{found[-1].trial}); "
+                    "pick one listed in summary.json search.pareto"
+                )
+            return chosen[0].config
+        if self.pick.max_flops is not None:
+            cap = resolve_flops(self.pick.max_flops, self.full.flops)
+            under = [c for c in found if c.flops <= cap]
+            if not under:
+                raise UserError(
+                    f"--max-flops {self.pick.max_flops:g} ({cap:,.0f} FLOPs) is below every scored candidate "
+                    f"(smallest {min(c.flops for c in found):,}); raise it"
+                )
+            return max(under, key=lambda c: (c.proxy_top1, -c.flops, -c.trial)).config
+        best = self.summary()["search"]["best"]
+        if tuple(best["config"]) not in {c.config for c in found}:
             raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
         return self.space.validate(best["config"])
 
@@ -303,21 +428,43 @@ class Run:
         return summary
 
     def export(self) -> dict[str, Any]:
-        """Write the winner as weights + architecture JSON, reload it from those alone, compare."""
+        """Write the chosen point as weights + architecture JSON, reload it from those alone, compare.
+
+        Its fine-tuned weights when a fine-tune of it finished, else its generated weights with
+        re-estimated BN (any point of the front, at once). A picked point goes to export/trial-N/.
+        """
         config = self.winner()
         path = self.finetune_path(config)
-        if not path.exists():
-            raise UserError(
-                f"no fine-tuned winner for these settings in {self.dir}; run `run_search.py finetune --run-dir {self.dir}` first"
-            )
-        weights = load_trained_weights(path)
+        weights = load_trained_weights(path) if path.exists() else None  # an unfinished fine-tune is refused
+        if weights is None:
+            self._require_pruningnet()
         self._begin()
-        model = ss.build_subnet(self.space, config)
-        _load_weights(model, weights, path)
+        model: torch.nn.Module = ss.build_subnet(self.space, config)
+        if weights is None:
+            model = self.scorer().subnet(config)
+        else:
+            _load_weights(model, weights, path)
+        out = self.dir / "export"
+        picked = self.pick.trial is not None or self.pick.max_flops is not None
+        if picked:
+            out = out / f"trial-{self._trial_of(config)}"
         classes = self.splits.train.classes
-        summary = export_model(model.eval(), self.space, config, self.prepared.normalizer, classes, self.dir / "export")
-        self._update_summary("export", {**summary, "config": list(config)})
+        summary = export_model(model.eval(), self.space, config, self.prepared.normalizer, classes, out)
+        summary["weights"] = "finetuned" if weights is not None else "generated"
+        if picked:  # exports of other points are listed beside the winner's
+            self._update_summary("exports", {**self.summary().get("exports", {}), out.name: {**summary, "config": list(config)}})
+        else:
+            self._update_summary("export", {**summary, "config": list(config)})
+        if weights is None:
+            print(
+                "note: exported generated weights (not fine-tuned); `run_search.py finetune` with the same choice trains them",
+                file=sys.stderr,
+            )
         return summary
+
+    def _trial_of(self, config: ss.Config) -> int:
+        name, found = self.candidates()
+        return next(c.trial for c in found if c.config == config)
 
     def pipeline(self) -> dict[str, Any]:
         self.train_pruningnet()
@@ -327,7 +474,7 @@ class Run:
         return self.summary()
 
 
-def _conflict(path: Path, changed: list[str], redo: list[str]) -> NoReturn:
+def _conflict(path: Path | str, changed: list[str], redo: list[str]) -> NoReturn:
     raise UserError(
         f"{path} was made with other settings ({', '.join(changed[:4])}); use a new --run-dir, "
         f"or delete {', '.join(redo)} to redo them"
@@ -357,6 +504,16 @@ def export_model(
     with torch.no_grad():
         diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
     return {"files": [str(out / "architecture.json"), str(out / "weights.pt")], "reload_max_abs_diff": diff}
+
+
+def _point(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "trial": candidate.trial,
+        "config": list(candidate.config),
+        "flops": candidate.flops,
+        "params": candidate.params,
+        "proxy_top1": candidate.proxy_top1,
+    }
 
 
 def _candidate_summary(space: ss.SearchSpace, best: Candidate, full_flops: int) -> dict[str, Any]:
