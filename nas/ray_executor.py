@@ -73,26 +73,27 @@ class ActorPlan:
     threads: int  # torch.set_num_threads inside the actor
 
 
-def plan_actors(workers: int, node_cpus: list[int], gpus: int, device: str = "auto") -> ActorPlan:
+def plan_actors(workers: int, node_cpus: list[int], gpus: int, device: str = "auto", threads: int | None = None) -> ActorPlan:
     """One actor per GPU when the cluster has GPUs, otherwise the CPUs shared out among `workers` actors.
 
-    Threads per actor are `cluster CPUs // workers`, lowered where nodes of unequal size could not
-    otherwise hold `workers` actors (an actor's threads must fit on one node).
+    On CPU, torch threads per actor are `threads`, or by default `cluster CPUs // workers`, lowered
+    where nodes of unequal size could not otherwise hold `workers` actors (an actor sits on one node).
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, but got {device!r}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, but got {workers}")
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"workers and threads must be at least 1, but got workers={workers}, threads={threads}")
     if device == "cuda" or (device == "auto" and gpus > 0):
         if workers > gpus:
             raise ValueError(f"workers={workers} needs one GPU each, but the Ray cluster has {gpus} GPUs")
         return ActorPlan("cuda", num_cpus=1, num_gpus=1, threads=1)
-    for threads in range(max(1, sum(node_cpus) // workers), 0, -1):
-        if sum(cpus // threads for cpus in node_cpus) >= workers:
-            return ActorPlan("cpu", num_cpus=threads, num_gpus=0, threads=threads)
+    least = threads or 1
+    for each in range(threads or max(1, sum(node_cpus) // workers), least - 1, -1):
+        if sum(cpus // each for cpus in node_cpus) >= workers:
+            return ActorPlan("cpu", num_cpus=each, num_gpus=0, threads=each)
     raise ValueError(
-        f"workers={workers} needs one CPU each, but the Ray cluster has {sum(node_cpus)} CPUs "
-        f"({len(node_cpus)} node(s)); use --workers {max(1, sum(node_cpus))} or fewer"
+        f"workers={workers} needs {least} CPU(s) each, but the Ray cluster has {sum(node_cpus)} CPUs "
+        f"(per node: {node_cpus}); use at most {sum(cpus // least for cpus in node_cpus)} workers"
     )
 
 
@@ -171,17 +172,27 @@ class RayExecutor:
     `address` (or the RAY_ADDRESS environment variable) joins a running cluster; otherwise Ray
     starts here with all the machine's CPUs and stops in `close`. Each actor builds the scorer once
     from `spec` (shipped once through the object store) and scores `chunk` candidates per call.
-    `device="auto"` puts one actor on each GPU when the cluster has GPUs, else shares out the CPUs.
+    `device="auto"` puts one actor on each GPU when the cluster has GPUs, else shares out the CPUs;
+    `threads` fixes the torch threads (and Ray CPUs) of each CPU actor instead.
     """
 
-    def __init__(self, spec: ScorerSpec, workers: int, address: str | None = None, chunk: int = 2, device: str = "auto") -> None:
+    def __init__(
+        self,
+        spec: ScorerSpec,
+        workers: int,
+        address: str | None = None,
+        chunk: int = 2,
+        device: str = "auto",
+        *,
+        threads: int | None = None,
+    ) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, but got {chunk}")
         self.chunk = chunk
         self.initialized_ray = connect(address)
         self.actors: list[ActorHandle] = []
         try:
-            self.plan = plan_actors(workers, *cluster_shape(), device=device)
+            self.plan = plan_actors(workers, *cluster_shape(), device=device, threads=threads)
             # Put once: every actor reads this one copy. Held for the executor's life, because Ray
             # frees an object nobody references, and a restarting actor reads its arguments again.
             self.spec_ref = ray.put(spec)

@@ -111,7 +111,7 @@ def test_killed_actor_loses_no_candidate(spec: ScorerSpec, expected: dict[int, f
 
 @pytest.mark.usefixtures("local_ray")
 def test_too_many_workers_is_a_clear_error(spec: ScorerSpec) -> None:
-    with pytest.raises(ValueError, match="workers=3 needs one CPU each, but the Ray cluster has 2 CPUs"):
+    with pytest.raises(ValueError, match=r"workers=3 needs 1 CPU\(s\) each, but the Ray cluster has 2 CPUs"):
         RayExecutor(spec, workers=3)
 
 
@@ -119,6 +119,9 @@ def test_plan_actors() -> None:
     assert plan_actors(2, [8], gpus=0) == plan_actors(2, [4, 4], gpus=0)
     assert plan_actors(2, [8], gpus=0).threads == 4
     assert plan_actors(2, [5, 2], gpus=0).threads == 2  # 3 threads would not fit on the 2-CPU node
+    assert plan_actors(1, [8], gpus=0, threads=1).num_cpus == 1
+    with pytest.raises(ValueError, match="use at most 3 workers"):
+        plan_actors(4, [5, 2], gpus=0, threads=2)
     assert plan_actors(2, [8], gpus=2).device == "cuda"
     assert plan_actors(2, [8], gpus=2, device="cpu").device == "cpu"
     with pytest.raises(ValueError, match="needs one GPU each, but the Ray cluster has 1 GPUs"):
