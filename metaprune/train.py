@@ -78,11 +78,14 @@ def train(
     desc: str = "train",
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    until_step: int | None = None,
 ) -> TrainResult:
     """Train `model` with SGD; resume from `checkpoint` if it exists, save there as it goes.
 
     `meta` (the settings the result depends on) is stored in every checkpoint; the caller checks
-    it with `checkpoint_header` before resuming.
+    it with `checkpoint_header` before resuming. `until_step` stops early (with a checkpoint) at
+    that step of the full run, whose learning-rate schedule is kept: calling again with a later
+    `until_step` continues exactly as one uninterrupted call would.
     """
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -97,10 +100,11 @@ def train(
     if checkpoint.exists():
         state = _restore(checkpoint, model, optimizer, scheduler, total)
     step, losses, start = int(state["step"]), list(state["losses"]), int(state["step"])
+    stop = total if until_step is None else min(until_step, total)
     began, batches, batches_epoch = time.perf_counter(), [], -1
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     model.train()
-    while step < total:
+    while step < stop:
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != batches_epoch:
             batches, batches_epoch = epoch_batches(len(data), cfg.batch_size, seed, epoch), epoch
@@ -116,10 +120,10 @@ def train(
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{(step - start) * cfg.batch_size / (time.perf_counter() - began):.0f}")
-        if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total:
+        if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == stop:
             _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
     bar.close()
-    return TrainResult(losses, total, time.perf_counter() - began)
+    return TrainResult(losses, step, time.perf_counter() - began)
 
 
 def _save(
