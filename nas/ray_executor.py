@@ -194,7 +194,8 @@ class RayExecutor:
         try:
             self.plan = plan_actors(workers, *cluster_shape(), device=device, threads=threads)
             # Put once: every actor reads this one copy. Held for the executor's life, because Ray
-            # frees an object nobody references, and a restarting actor reads its arguments again.
+            # frees an object nobody references, and a restarting actor reads its arguments again
+            # (Ray logs a warning about exactly this at actor creation: holding the reference answers it).
             self.spec_ref = ray.put(spec)
             self.actors = [self._start_actor(self.spec_ref) for _ in range(workers)]
             self.nodes = self._wait_ready()
@@ -230,6 +231,8 @@ class RayExecutor:
     # -- scoring --------------------------------------------------------------------------------
     def score(self, tasks: list[Task]) -> Iterator[Scored]:
         """Yield each task's result exactly once, as each chunk completes."""
+        if not self.actors:
+            raise RuntimeError("this RayExecutor is closed")
         round_ = Round(tasks, self.chunk)
         try:
             while not round_.finished():
@@ -237,8 +240,8 @@ class RayExecutor:
                 for ref in self._wait(round_):
                     yield from self._collect(round_, ref)
         finally:
-            for ref in round_.running:  # the caller stopped early: drop chunks still queued on the actors
-                ray.cancel(ref)
+            for ref in round_.running if ray.is_initialized() else []:
+                ray.cancel(ref)  # the caller stopped early: drop chunks still queued on the actors
 
     def _dispatch(self, round_: Round) -> None:
         """Top up every usable actor to IN_FLIGHT_PER_ACTOR chunks, least loaded first."""

@@ -110,6 +110,18 @@ def test_killed_actor_loses_no_candidate(spec: ScorerSpec, expected: dict[int, f
 
 
 @pytest.mark.usefixtures("local_ray")
+def test_stopping_early_then_losing_every_actor(spec: ScorerSpec, expected: dict[int, float]) -> None:
+    tasks = candidates(8)
+    with RayExecutor(spec, workers=1) as executor:
+        for _ in executor.score(tasks):
+            break  # the driver may stop reading a round; the next round must still be complete and exact
+        assert by_trial(list(executor.score(tasks[:4]))) == {t.trial: expected[t.trial] for t in tasks[:4]}
+        ray.kill(executor.actors[0], no_restart=True)
+        with pytest.raises(RuntimeError, match="all 1 Ray actors died"):
+            list(executor.score(tasks))
+
+
+@pytest.mark.usefixtures("local_ray")
 def test_too_many_workers_is_a_clear_error(spec: ScorerSpec) -> None:
     with pytest.raises(ValueError, match=r"workers=3 needs 1 CPU\(s\) each, but the Ray cluster has 2 CPUs"):
         RayExecutor(spec, workers=3)
