@@ -52,6 +52,37 @@ def cli(
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
+def study_trials(run_dir: Path) -> list:
+    """The trials of the run's last search, read with Optuna's own journal reader (as optuna-dashboard does)."""
+    import json
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    name = json.loads((run_dir / "summary.json").read_text())["search"]["study"]
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def scored_configs(run_dir: Path) -> list[tuple[int, ...]]:
+    """Configurations scored (not reused) in any study of the run, in the order they were written."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = run_dir / "study.journal"
+    if not path.exists():
+        return []
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    found = []
+    for summary in storage.get_all_studies():
+        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).trials:
+            if trial.user_attrs.get("status") == "scored":
+                found.append(tuple(trial.params.values()))
+    return found
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory holding a finished PruningNet (shared by the search tests; copy before use)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import search_spaces as ss
-from tests.conftest import cli
+from tests.conftest import cli, scored_configs
 
 
 def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     assert set(summary) >= {"base", "pruningnet", "search", "finetune", "export"}
     best = summary["search"]["best"]
     assert best["flops"] <= 0.5 * summary["base"]["flops"]
-    assert summary["search"]["evaluated"] == len((run_dir / "search_record.jsonl").read_text().splitlines()) - 1  # header
+    assert summary["search"]["evaluated"] == len(scored_configs(run_dir)) == len(set(scored_configs(run_dir)))
     assert 0 <= summary["finetune"]["top1"] <= 100 and summary["finetune"]["flops"] == best["flops"]
     assert (run_dir / "config.yaml").exists()
 
@@ -78,7 +78,7 @@ def test_bad_input_gives_one_line_error_and_changes_nothing(trained_run: Path, t
         (["search"], ["search.max_flop=0.5"], ["unknown config key 'search.max_flop'", "max_flops"]),
         (["search"], ["data.kind=folder", f"data.path={tmp_path / 'missing'}"], ["does not exist", "missing"]),
         (["search"], ["data.kind=folder", f"data.path={tmp_path / 'empty'}"], ["holds no images"]),
-        (["search"], ["pruningnet.lr=0.2"], ["pruningnet.pt", "pruningnet.lr", "new --run-dir", "search_record.jsonl"]),
+        (["search"], ["pruningnet.lr=0.2"], ["pruningnet.pt", "pruningnet.lr", "new --run-dir", "study.journal"]),
         (["search"], ["search.min_flops=0.9", "search.max_flops=0.5"], ["window", "empty"]),
         (["search"], ["score.calib_batch_size=5000"], ["score.calib_images", ">= score.calib_batch_size"]),
         (["search"], ["pruningnet.batch_size=100000"], ["pruningnet.batch_size", "lower it"]),
@@ -168,7 +168,7 @@ def test_a_second_process_on_the_same_run_dir_is_refused(trained_run: Path, tmp_
     first = cli("search", run_dir=run_dir, sets=["search.generations=20"], background=True)
     try:
         deadline = time.time() + 120
-        while not (run_dir / "search_record.jsonl").exists() and time.time() < deadline:
+        while not (run_dir / "study.journal").exists() and time.time() < deadline:
             time.sleep(0.05)
         assert_clean_error(cli("search", run_dir=run_dir, sets=["search.generations=20"]), "another process", "--run-dir")
     finally:

@@ -1,4 +1,4 @@
-"""Data loading, augmentation, configuration parsing and the durable search record."""
+"""Data loading, augmentation, configuration parsing, budgets and durable files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from metaprune.data import augment, load_digits, load_folder, split
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_text, safe_torch_load
 from nas.budget import resolve_flops
-from nas.record import MetaMismatch, SearchRecord
 from tests.conftest import CIFAR
 
 
@@ -107,31 +106,6 @@ def test_budget_fraction_or_absolute() -> None:
         resolve_flops(-1, 1000)
 
 
-def test_record_survives_a_torn_last_line(tmp_path: Path) -> None:
-    record = SearchRecord(tmp_path / "record.jsonl")
-    record.append((1, 2), 100, 10, 50.0)
-    record.append((2, 2), 120, 12, 60.0)
-    with open(record.path, "a") as handle:
-        handle.write('{"trial": 2, "config": [3')  # a kill in the middle of a write
-    reopened = SearchRecord(record.path)
-    assert len(reopened) == 2 and reopened.best().config == (2, 2)
-    reopened.append((3, 3), 130, 13, 55.0)
-    again = SearchRecord(record.path)
-    assert [c.trial for c in again.candidates.values()] == [0, 1, 2]
-
-
-def test_record_refuses_a_damaged_middle_line_and_other_settings(tmp_path: Path) -> None:
-    record = SearchRecord(tmp_path / "record.jsonl", {"score": 1})
-    record.append((1, 2), 100, 10, 50.0)
-    record.append((2, 2), 120, 12, 60.0)
-    with pytest.raises(MetaMismatch, match="other settings"):
-        SearchRecord(record.path, {"score": 2})
-    lines = record.path.read_text().splitlines()
-    record.path.write_text("\n".join([lines[0], "garbage", lines[2]]) + "\n")
-    with pytest.raises(ValueError, match="line 2 .* is damaged"):
-        SearchRecord(record.path, {"score": 1})
-
-
 def test_atomic_write_and_safe_load(tmp_path: Path) -> None:
     path = tmp_path / "a.txt"
     atomic_write_text(path, "one")
@@ -153,7 +127,8 @@ def test_importing_the_packages_starts_neither_ray_nor_cuda() -> None:
     import sys
 
     code = (
-        "import sys, nas, nas.evolution, nas.record, metaprune.pipeline, search_spaces, torch\n"
+        "import sys, nas, nas.evolution, nas.study, nas.search, nas.searchers, nas.executors, metaprune.pipeline\n"
+        "import search_spaces, torch, run_search\n"
         "assert 'ray' not in sys.modules, 'ray imported'\n"
         "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
     )

@@ -7,9 +7,10 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.conftest import cli
+from tests.conftest import cli, scored_configs, study_trials
 
 LONGER = ["pruningnet.epochs=6", "pruningnet.checkpoint_every=3"]
 
@@ -47,30 +48,26 @@ def test_killed_pruningnet_training_resumes_with_identical_losses(tmp_path: Path
     )
 
 
-def record_lines(run_dir: Path) -> list[dict]:
-    path = run_dir / "search_record.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines[1:]]  # the first line is the header
-
-
-def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: Path, tmp_path: Path) -> None:
-    sets = ["search.generations=10"]
+@pytest.mark.parametrize("searcher", ["evolution", "tpe"])
+def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: Path, tmp_path: Path, searcher: str) -> None:
+    sets = ["search.generations=10", f"search.searcher={searcher}", "search.batch=8"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, killed)
     assert cli("search", run_dir=reference, sets=sets).returncode == 0
     process = cli("search", run_dir=killed, sets=sets, background=True)
-    kill_when(process, lambda: len(record_lines(killed)) >= 12, delay=0.3)
-    scored_before = len(record_lines(killed))
-    result = cli("search", run_dir=killed, sets=sets)
+    kill_when(process, lambda: len(scored_configs(killed)) >= 12, delay=0.3)
+    scored_before = len(scored_configs(killed))
+    result = cli("search", "--resume", run_dir=killed, sets=sets)
     assert result.returncode == 0, result.stderr
 
-    lines = record_lines(killed)
-    configs = [tuple(line["config"]) for line in lines]
+    configs = scored_configs(killed)
     assert len(configs) == len(set(configs)), "a candidate was scored twice"
-    assert [line["trial"] for line in lines] == list(range(len(lines)))
+    trials = study_trials(killed)
+    assert [t.number for t in trials] == list(range(len(trials))) and all(t.state.name == "COMPLETE" for t in trials)
     summary = json.loads((killed / "summary.json").read_text())["search"]
     reference_summary = json.loads((reference / "summary.json").read_text())["search"]
-    assert summary["scored_this_run"] == len(lines) - scored_before
-    assert summary["best"] == reference_summary["best"]
-    assert sorted(configs) == sorted(tuple(line["config"]) for line in record_lines(reference))
+    assert summary["scored_this_run"] == len(configs) - scored_before
+    assert summary["best"] == reference_summary["best"] and summary["pareto"] == reference_summary["pareto"]
+    assert [t.params for t in trials] == [t.params for t in study_trials(reference)]
+    assert [t.values for t in trials] == [t.values for t in study_trials(reference)]

@@ -1,0 +1,110 @@
+"""Every searcher through the command line, on a trained PruningNet: budgets, the record, the front."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+import search_spaces as ss
+from tests.conftest import cli, scored_configs, study_trials
+from tests.test_cli import assert_clean_error
+
+BUDGET = 0.3
+
+
+@pytest.fixture(scope="module")
+def searched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One run directory per searcher, each searched at 30% of the FLOPs."""
+    runs = {}
+    for searcher in ("evolution", "tpe", "nsga2", "random"):
+        run_dir = tmp_path_factory.mktemp(searcher) / "run"
+        shutil.copytree(trained_run, run_dir)
+        result = cli("search", "--searcher", searcher, run_dir=run_dir, sets=[f"search.max_flops={BUDGET}"])
+        assert result.returncode == 0, result.stderr
+        runs[searcher] = run_dir
+    return runs
+
+
+@pytest.mark.parametrize("searcher", ["evolution", "tpe", "nsga2", "random"])
+def test_searcher_respects_the_budget_and_records_every_trial(searched: dict[str, Path], searcher: str) -> None:
+    run_dir = searched[searcher]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    search, full = summary["search"], summary["base"]["flops"]
+    budget = BUDGET * full
+    assert search["searcher"] == searcher and search["budget_flops"] == pytest.approx(budget)
+    assert search["best"]["flops"] <= budget and all(point["flops"] <= budget for point in search["pareto"])
+    trials = study_trials(run_dir)
+    assert len(trials) == search["trials"] == 8 * 3  # population x generations
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), "a trial was left RUNNING"
+    for trial in trials:
+        feasible = trial.user_attrs["flops"] <= budget
+        assert trial.user_attrs["status"] == ("scored" if feasible else "infeasible")
+        assert (trial.constraints["flops_over_budget"] <= 0) == feasible
+    scored = [t for t in trials if t.user_attrs["status"] == "scored"]
+    assert len(scored) == search["evaluated"] == search["scored_this_run"] > 0
+    assert len({tuple(t.params.values()) for t in scored}) == len(scored), "a configuration was scored twice"
+    best = max(scored, key=lambda t: (t.values[0], -t.user_attrs["flops"], -t.number))
+    assert search["best"]["trial"] == best.number and search["best"]["proxy_top1"] == best.values[0]
+    assert (run_dir / "search_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nsga2_front_is_non_dominated_and_matches_optuna(searched: dict[str, Path]) -> None:
+    run_dir = searched["nsga2"]
+    front = json.loads((run_dir / "summary.json").read_text())["search"]["pareto"]
+    points = [(p["flops"], p["proxy_top1"]) for p in front]
+    assert points == sorted(points) and all(b[1] > a[1] for a, b in zip(points, points[1:])), points
+    scored = [t for t in study_trials(run_dir) if t.user_attrs["status"] == "scored"]
+    for trial in scored:  # every scored candidate is on the front or dominated by a point of it
+        flops, top1 = trial.user_attrs["flops"], trial.values[0]
+        assert any(f <= flops and p >= top1 for f, p in points)
+    # Optuna's own answer: best_trials of the constrained two-objective study, feasible only
+    summary = json.loads((run_dir / "summary.json").read_text())["search"]
+    study = optuna.load_study(
+        study_name=summary["study"], storage=JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
+    )
+    assert {(t.values[1], t.values[0]) for t in study.best_trials} == set(points)
+
+
+def test_scores_are_shared_across_searchers_and_budgets(searched: dict[str, Path]) -> None:
+    run_dir = searched["evolution"]
+    before = scored_configs(run_dir)
+    result = cli("search", "--searcher", "random", run_dir=run_dir, sets=[f"search.max_flops={BUDGET}"])
+    assert result.returncode == 0, result.stderr
+    after = scored_configs(run_dir)
+    assert len(after) == len(set(after)), "a configuration scored by evolution was scored again by random"
+    reused = [t for t in study_trials(run_dir) if t.user_attrs["status"] == "reused"]
+    summary = json.loads((run_dir / "summary.json").read_text())["search"]
+    assert summary["scored_this_run"] == len(after) - len(before) == summary["evaluated"] - len(reused)
+
+
+def test_any_point_of_the_front_exports_without_searching_again(searched: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(searched["nsga2"], run_dir)
+    sets, flags = [f"search.max_flops={BUDGET}"], ["--searcher", "nsga2"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    front = summary["search"]["pareto"]
+    smallest = front[0]
+    result = cli("export", *flags, "--trial", str(smallest["trial"]), run_dir=run_dir, sets=sets)
+    assert result.returncode == 0, result.stderr
+    out = run_dir / "export" / f"trial-{smallest['trial']}"
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["flops"] == smallest["flops"] and ss.load_subnet(out) is not None
+    exported = json.loads((run_dir / "summary.json").read_text())["exports"][out.name]
+    assert exported["weights"] == "generated" and exported["config"] == smallest["config"]
+
+    cap = (smallest["flops"] + front[-1]["flops"]) / 2  # absolute FLOPs: the best front point under it
+    expected = max((p for p in front if p["flops"] <= cap), key=lambda p: p["proxy_top1"])
+    result = cli("export", *flags, "--max-flops", f"{cap:.0f}", run_dir=run_dir, sets=sets)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "export" / f"trial-{expected['trial']}" / "weights.pt").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["search"] == summary["search"], "export searched again"
+
+    assert_clean_error(cli("export", *flags, "--trial", "9999", run_dir=run_dir, sets=sets), "--trial 9999", "pareto")
+    assert_clean_error(cli("export", *flags, "--max-flops", "10", run_dir=run_dir, sets=sets), "--max-flops", "raise it")
+    assert_clean_error(cli("search", "--trial", "1", run_dir=run_dir, sets=sets), "--trial", "finetune or export")
