@@ -24,14 +24,17 @@ class SearchOutcome:
     trials: int  # trials in the study, infeasible ones included
     driver_seconds: float  # asking, constraint checks and recording: all but waiting for scores
     scoring_seconds: float  # waiting for the executor
+    rounds: list[tuple[int, float, float]]  # per round: (trials in it, driver seconds, scoring seconds)
 
 
 def run_search(searcher: Searcher, record: StudyRecord, executor: Executor, total: int, progress: bool = True) -> SearchOutcome:
     """Run `searcher` to the end; `total` sizes the progress bar (trials the searcher will ask)."""
     bar = tqdm(total=total, desc="search", unit="trial", disable=not progress, dynamic_ncols=True)
-    scored_now, driver, scoring = 0, 0.0, 0.0
+    scored_now, scoring = 0, 0.0
+    rounds: list[tuple[int, float, float]] = []
     began = time.perf_counter()
     while True:
+        round_began = time.perf_counter()
         round_ = searcher.ask(record)
         if not round_:
             break
@@ -55,11 +58,12 @@ def run_search(searcher: Searcher, record: StudyRecord, executor: Executor, tota
         if best is not None:
             bar.set_postfix(best=f"{best:.2f}")
         searcher.tell([results.get(i) for i in range(len(round_))])
+        rounds.append((len(round_), time.perf_counter() - round_began - scoring_round, scoring_round))
     record.fail_stale()
     bar.close()
     driver = time.perf_counter() - began - scoring
     candidates = sorted(record.candidates(), key=lambda c: c.trial)
-    return SearchOutcome(candidates, scored_now, len(record.trials()), driver, scoring)
+    return SearchOutcome(candidates, scored_now, len(record.trials()), driver, scoring, rounds)
 
 
 def _settle(record: StudyRecord, round_: list[Pending]) -> tuple[dict[int, Candidate | None], list[Task], list[tuple[int, int]]]:

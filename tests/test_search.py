@@ -108,3 +108,21 @@ def test_any_point_of_the_front_exports_without_searching_again(searched: dict[s
     assert_clean_error(cli("export", *flags, "--trial", "9999", run_dir=run_dir, sets=sets), "--trial 9999", "pareto")
     assert_clean_error(cli("export", *flags, "--max-flops", "10", run_dir=run_dir, sets=sets), "--max-flops", "raise it")
     assert_clean_error(cli("search", "--trial", "1", run_dir=run_dir, sets=sets), "--trial", "finetune or export")
+
+
+def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        shutil.copytree(trained_run, run_dir)
+        result = cli("search", "--storage", url, run_dir=run_dir, sets=[f"name={name}", "search.generations=2"])
+        assert result.returncode == 0, result.stderr
+        assert not (run_dir / "study.journal").exists()
+        summary = json.loads((run_dir / "summary.json").read_text())["search"]
+        assert summary["study"].startswith(f"{name}/evolution-") and summary["storage"] == url
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
+    assert [n.split("/")[0] for n in names] == ["first", "second"]
+    trials = optuna.load_study(study_name=names[0], storage=url).trials
+    assert len(trials) == 16 and {t.user_attrs["status"] for t in trials} == {"scored"}
+    # export reads the study from the database too
+    assert cli("export", "--storage", url, "--trial", "3", run_dir=tmp_path / "first", sets=["name=first"]).returncode == 0
