@@ -68,6 +68,9 @@ class FinetuneSection(OptimConfig):
     lr: float = 0.05
     label_smoothing: float = 0.0
     init: str = "inherit"  # inherit: start from the generated weights; scratch: random init (the paper)
+    top_k: int = 1  # > 1: fine-tune the k best candidates as Ray Tune trials under ASHA; the survivor wins
+    grace_epochs: int = 1  # top_k > 1: epochs every candidate trains before ASHA may stop it
+    reduction_factor: int = 2  # top_k > 1: ASHA keeps the best 1/reduction_factor at each rung
 
 
 @dataclass
@@ -207,6 +210,10 @@ def validate(cfg: RunConfig) -> None:
     _check_optim("finetune", cfg.finetune)
     _require(1 <= cfg.pruningnet.hidden <= 4096, "pruningnet.hidden", cfg.pruningnet.hidden, "in [1, 4096]")
     _require(cfg.finetune.init in ("inherit", "scratch"), "finetune.init", cfg.finetune.init, "inherit or scratch")
+    ft = cfg.finetune
+    _require(ft.top_k >= 1, "finetune.top_k", ft.top_k, ">= 1")
+    _require(1 <= ft.grace_epochs <= ft.epochs, "finetune.grace_epochs", ft.grace_epochs, "in [1, finetune.epochs]")
+    _require(ft.reduction_factor >= 2, "finetune.reduction_factor", ft.reduction_factor, ">= 2")
     _require(cfg.score.calib_batch_size >= 2, "score.calib_batch_size", cfg.score.calib_batch_size, ">= 2")
     _require(
         cfg.score.calib_images >= cfg.score.calib_batch_size,

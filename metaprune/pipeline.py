@@ -26,7 +26,7 @@ import search_spaces as ss
 from metaprune.config import RunConfig, dump_config, validate
 from metaprune.data import ImageData, Normalizer, load_dataset, split
 from metaprune.errors import UserError
-from metaprune.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from metaprune.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
@@ -388,6 +388,9 @@ class Run:
                     f"(smallest {min(c.flops for c in found):,}); raise it"
                 )
             return max(under, key=lambda c: (c.proxy_top1, -c.flops, -c.trial)).config
+        tuned = self.summary().get("finetune", {}).get("tune")
+        if tuned is not None and tuned["study"] == name:  # the Tune survivor, not the best proxy, won
+            return self.space.validate(self.summary()["finetune"]["config"])
         best = self.summary()["search"]["best"]
         if tuple(best["config"]) not in {c.config for c in found}:
             raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
@@ -401,7 +404,14 @@ class Run:
         return ss.build_subnet(self.space, config).to(self.device)
 
     def finetune(self) -> dict[str, Any]:
-        """Train the winner (from inherited weights or from scratch) and measure test top-1."""
+        """Train the winner (from inherited weights or from scratch) and measure test top-1.
+
+        With `finetune.top_k` > 1 (and no --trial / --max-flops) the k best candidates are
+        fine-tuned as Ray Tune trials under ASHA instead, and the survivor is the winner.
+        """
+        picked = self.pick.trial is not None or self.pick.max_flops is not None
+        if self.cfg.finetune.top_k > 1 and not picked:
+            return self._finetune_top_k()
         config, data = self.winner(), self.prepared
         if self.cfg.finetune.init == "inherit":
             self._require_pruningnet()
@@ -423,6 +433,62 @@ class Run:
             "steps": result.steps,
             "init": self.cfg.finetune.init,
             "checkpoint": str(path.relative_to(self.dir)),
+        }
+        self._update_summary("finetune", summary)
+        return summary
+
+    def _finetune_top_k(self) -> dict[str, Any]:
+        """The k best candidates of the last search as Tune trials under ASHA; the survivor wins."""
+        from metaprune import tune  # imports Ray: only for this stage
+
+        name, found = self.candidates()
+        ranked = sorted(found, key=lambda c: (-c.proxy_top1, c.flops, c.trial))
+        chosen = list({c.config: c for c in reversed(ranked)}.values())[::-1][: self.cfg.finetune.top_k]
+        inherit = self.cfg.finetune.init == "inherit"
+        scorer = self.scorer() if inherit else None
+        self._begin()
+        candidates = [
+            tune.Candidate(f"trial-{c.trial}", c.config, scorer.subnet(c.config).cpu().state_dict() if scorer else None)
+            for c in chosen
+        ]
+        data = self.prepared
+        spec = tune.TuneSpec(
+            self.space.to_dict(), data.train, data.val, data.normalizer, self.cfg.finetune, self.cfg.data.flip, self.cfg.seed,
+            "cpu" if self.device.type == "cpu" else "auto", self.cfg.score.eval_batch_size,
+        )  # fmt: skip
+        digest = hashlib.sha1(json.dumps(self.meta(FINETUNE, ()), sort_keys=True).encode()).hexdigest()[:12]
+        outcomes = tune.tune_finetune(
+            candidates, spec, self.dir / "tune" / digest, grace_epochs=self.cfg.finetune.grace_epochs,
+            reduction_factor=self.cfg.finetune.reduction_factor, progress=self.cfg.progress,
+        )  # fmt: skip
+        survivor = next(o for o in outcomes if o.survivor)
+        path = self.finetune_path(survivor.config)  # export finds the survivor where it finds any fine-tune
+        atomic_write_bytes(path, survivor.checkpoint.read_bytes())
+        model = ss.build_subnet(self.space, survivor.config).to(self.device)
+        _load_weights(model, load_trained_weights(path), path)
+        cost = ss.count(self.space, survivor.config)
+        test = fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, self.device)
+        summary = {
+            "top1": top1(model, test),
+            "flops": cost.flops,
+            "params": cost.params,
+            "config": list(survivor.config),
+            "init": self.cfg.finetune.init,
+            "checkpoint": str(path.relative_to(self.dir)),
+            "tune": {
+                "study": name,
+                "survivor": survivor.name,
+                "trials": [
+                    {
+                        "name": o.name,
+                        "config": list(o.config),
+                        "epochs": o.epochs,
+                        "val_top1": o.val_top1,
+                        "stopped_early": o.stopped_early,
+                    }  # fmt: skip
+                    for o in outcomes
+                ],
+            },
         }
         self._update_summary("finetune", summary)
         return summary

@@ -39,7 +39,9 @@ def test_journal_is_optunas_format_with_one_append_per_result(tmp_path: Path) ->
         study.tell_scored(pending, 10.0 * index, "node-a")
     assert len(writes) == 3 and all(w > 3 for w in writes)  # each result: its whole trial in one append
     # Optuna's own reader (as optuna-dashboard uses) sees the same trials
-    theirs = optuna.load_study(study_name="evolution-x", storage=JournalStorage(JournalFileBackend(str(tmp_path / "study.journal"))))
+    theirs = optuna.load_study(
+        study_name="evolution-x", storage=JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    )
     ours = study.trials()
     assert [t.params for t in theirs.trials] == [t.params for t in ours]
     assert [t.values for t in theirs.trials] == [[0.0], [10.0], [20.0]]
@@ -110,7 +112,5 @@ def test_pareto_front_is_exactly_the_non_dominated_set() -> None:
         front = pareto_front(candidates)
         expected = brute_force_front(candidates)
         # equal points: the front keeps one of each (the earliest trial)
-        assert {(c.flops, c.proxy_top1) for c in front} == {
-            (c.flops, c.proxy_top1) for c in candidates if c.trial in expected
-        }
+        assert {(c.flops, c.proxy_top1) for c in front} == {(c.flops, c.proxy_top1) for c in candidates if c.trial in expected}
         assert [c.flops for c in front] == sorted(c.flops for c in front)
