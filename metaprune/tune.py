@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,16 +145,23 @@ def _check_arguments(candidates: list[Candidate], spec: TuneSpec, grace_epochs: 
 # ---------------------------------------------------------------- the trial (runs in a Ray worker)
 
 
-def _run_trial(config: dict[str, Any], spec: TuneSpec, candidates: dict[str, Candidate], threads: int) -> None:
-    """Train one candidate epoch by epoch, reporting val top-1 with a checkpoint after each."""
+def _run_trial(
+    config: dict[str, Any], spec: TuneSpec, candidates: dict[str, Candidate], initial: dict[str, Any], threads: int
+) -> None:
+    """Train one candidate epoch by epoch, reporting val top-1 with a checkpoint after each.
+
+    `candidates` come without their weights: `initial` maps each name to an object-store reference
+    to them (or None), so that a trial fetches only its own, and only when it starts from scratch.
+    """
     torch.set_num_threads(threads)
     candidate = candidates[config["candidate"]]
     device = "cuda" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
-    model = _initial_model(SearchSpace.from_dict(spec.space), candidate, spec.seed).to(device)
     validation = fixed_batches(spec.validation, spec.normalizer, spec.eval_batch_size, device)
     steps_per_epoch = len(spec.train) // spec.optim.batch_size
     with tempfile.TemporaryDirectory(prefix="metaprune-tune-") as work:
-        history = _resume_into(Path(work))
+        history = _resume_into(Path(work))  # the weights then come from the checkpoint
+        weights = None if history or initial[candidate.name] is None else ray.get(initial[candidate.name])
+        model = _initial_model(SearchSpace.from_dict(spec.space), candidate.config, weights, spec.seed).to(device)
         for epoch in range(len(history) + 1, spec.optim.epochs + 1):
             train(
                 model, lambda x, step: model(x), spec.train, spec.normalizer, spec.optim, seed=spec.seed,
@@ -167,11 +174,11 @@ def _run_trial(config: dict[str, Any], spec: TuneSpec, candidates: dict[str, Can
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
 
 
-def _initial_model(space: SearchSpace, candidate: Candidate, seed: int) -> torch.nn.Module:
+def _initial_model(space: SearchSpace, config: Config, weights: dict[str, torch.Tensor] | None, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)  # scratch init as the pipeline's winner_model does it
-    model = build_subnet(space, candidate.config)
-    if candidate.initial is not None:
-        model.load_state_dict(candidate.initial)
+    model = build_subnet(space, config)
+    if weights is not None:
+        model.load_state_dict(weights)
     return model
 
 
@@ -240,7 +247,8 @@ def _start_ray(progress: bool) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload attempt
     ray.init(
-        address=os.environ.get("RAY_ADDRESS") or None,
+        # "local", not None: None would join any cluster `ray start` left on this machine
+        address=os.environ.get("RAY_ADDRESS") or "local",
         include_dashboard=False,
         log_to_driver=progress,
         logging_level=logging.INFO if progress else logging.ERROR,
@@ -255,7 +263,13 @@ def _trainable(candidates: list[Candidate], spec: TuneSpec) -> tuple[Any, int]:
     use_gpus = gpus > 0 and spec.device != "cpu"
     slots = min(gpus, len(candidates)) if use_gpus else max(1, min(cpus, len(candidates)))
     cpus_per_trial = max(1, cpus // slots)
-    bound = tune.with_parameters(_run_trial, spec=spec, candidates={c.name: c for c in candidates}, threads=cpus_per_trial)
+    bound = tune.with_parameters(
+        _run_trial,
+        spec=spec,
+        candidates={c.name: replace(c, initial=None) for c in candidates},
+        initial={c.name: None if c.initial is None else ray.put(c.initial) for c in candidates},
+        threads=cpus_per_trial,
+    )
     return tune.with_resources(bound, {"cpu": float(cpus_per_trial), "gpu": float(use_gpus)}), slots
 
 
@@ -286,14 +300,16 @@ def _tuner(
             name=storage_dir.name,
             storage_path=str(storage_dir.parent),
             verbose=1 if progress else 0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see README: keeping all is kill-safe
+            # Keep every checkpoint: with num_to_keep, Tune deletes old ones before the experiment state
+            # naming the newest is saved, and a kill in between leaves a trial nothing to resume from.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
 
 
 def _outcomes(results: Any, candidates: list[Candidate], max_t: int) -> list[TuneOutcome]:
-    if errors := [f"{r.config.get('candidate')}: {str(r.error).strip().splitlines()[-1]}" for r in results if r.error]:
+    if errors := [f"{(r.config or {}).get('candidate', r.path)}: {_last_line(r.error)}" for r in results if r.error]:
         raise UserError(f"{len(errors)} fine-tuning trial(s) failed ({'; '.join(errors)}); run again to resume them")
     by_name = {r.config["candidate"]: r for r in results}
     if missing := [c.name for c in candidates if c.name not in by_name or _unreported(by_name[c.name])]:
@@ -303,6 +319,11 @@ def _outcomes(results: Any, candidates: list[Candidate], max_t: int) -> list[Tun
     if finished:
         max(finished, key=lambda o: o.val_top1).survivor = True  # ties: the first candidate
     return outcomes
+
+
+def _last_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
 
 
 def _unreported(result: Any) -> bool:
