@@ -15,25 +15,27 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
 import torch
 from ray.tune import ExperimentAnalysis
+from ray.tune.experiment import Trial
 
 import search_spaces as ss
 from metaprune.data import Normalizer, synthetic
 from metaprune.errors import UserError
 from metaprune.score import fixed_batches, top1
 from metaprune.train import OptimConfig, train
-from metaprune.tune import Candidate, TuneSpec, tune_finetune
+from metaprune.tune import HISTORY, Candidate, TuneSpec, _DurableASHA, tune_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 # Widths as fractions of each gene's choices. With two trials at a time, the first two listed
-# always reach epoch 1 before the last two start; these two are the weakest at epoch 1 (from the
-# fixed seed), so ASHA stops them there.
-FRACTIONS = (0.2, 0.4, 0.0, 0.6)
+# always reach epoch 1 before the last two start, and from the fixed seed the last two score
+# lowest at epoch 1 (about 19% against 41% and 30%), so ASHA stops them there.
+FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 KILLED_IMAGES = 1024  # longer epochs in the restore test, so the kill lands mid-experiment
 
 
@@ -133,6 +135,25 @@ def test_asha_stops_the_weaker_trials_and_the_survivor_loads(local_ray: None, tm
     assert result_lines(storage) == results
     with pytest.raises(UserError, match="other candidates"):
         tune_finetune(candidates()[:2], spec, storage)
+
+
+def test_restored_trials_rebuild_the_asha_rungs() -> None:
+    """Tune saves no scheduler state: a trial restored with two epochs reported must still count."""
+
+    def scheduler() -> _DurableASHA:
+        return _DurableASHA(time_attr="epoch", metric="val_top1", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+
+    restored, fresh = Trial("t", stub=True, trial_id="restored"), Trial("t", stub=True, trial_id="fresh")
+    restored.update_last_result({"epoch": 2, "val_top1": 60.0, HISTORY: [50.0, 60.0]})
+    weak = {"epoch": 1, "val_top1": 40.0, HISTORY: [40.0]}
+    controller: Any = None  # ASHA does not use it
+    after_restore = scheduler()
+    for trial in (restored, fresh):
+        after_restore.on_trial_add(controller, trial)
+    assert after_restore.on_trial_result(controller, fresh, weak) == "STOP"  # below the restored trial's epoch 1
+    alone = scheduler()
+    alone.on_trial_add(controller, fresh)
+    assert alone.on_trial_result(controller, fresh, weak) == "CONTINUE"  # the first at a rung always goes on
 
 
 def children_of(pid: int) -> list[int]:
