@@ -10,7 +10,10 @@ Restore: the experiment lives in one directory. Calling `tune_finetune` again wi
 arguments after the driver died (even by kill -9) resumes it there: finished trials keep their
 results, interrupted ones continue from their last epoch, and a finished experiment is read back
 without training. Tune does not save the scheduler's state, so every trial reports its whole
-history and `_DurableASHA` replays it into the rungs when Tune re-adds a restored trial.
+history and `_DurableASHA` replays it into the rungs when Tune re-adds a restored trial. Tune's
+record of trial statuses is saved at most a second apart (TUNE_GLOBAL_CHECKPOINT_S): a trial
+that ended in the last second before a kill is resumed, and either has nothing left to train or,
+if ASHA had just stopped it, trains on until the rebuilt rungs stop it again.
 
 This module imports Ray: import it where the stage runs, not at package import time.
 """
