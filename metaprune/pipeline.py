@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +32,7 @@ from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
 from nas.budget import resolve_flops
-from nas.executors import Executor, InProcessExecutor
+from nas.executors import Executor, InProcessExecutor, LazyExecutor, unreachable
 from nas.search import run_search
 from nas.searchers import make_searcher
 from nas.study import (
@@ -311,10 +312,20 @@ class Run:
         except ConnectionError as exc:
             raise UserError(f"cannot join the Ray cluster at {search.ray_address!r} ({exc}); check --ray-address") from None
 
+    def _check_ray_address(self) -> None:
+        address = self.cfg.search.ray_address or os.environ.get("RAY_ADDRESS", "")
+        if self.cfg.search.executor == "ray" and (problem := unreachable(address)):
+            source = "--ray-address" if self.cfg.search.ray_address else "RAY_ADDRESS"
+            raise UserError(
+                f"cannot reach the Ray cluster at {source} {address!r}: {problem}; "
+                "check the address (the head's `ray start --head` prints it) or leave it empty to start Ray here"
+            )
+
     def search(self) -> dict[str, Any]:
         """Search under the FLOPs budget with the chosen searcher; every result lands in the study at once."""
         self._require_pruningnet()
         spec = self.scorer_spec()  # fails on an unfit PruningNet before anything is written
+        self._check_ray_address()
         self._begin()
         search = self.cfg.search
         try:
@@ -322,7 +333,7 @@ class Run:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         record = self.study(writable=True, directions=searcher.directions)  # under the lock: may cut a torn tail
-        executor = self.executor(spec)
+        executor = LazyExecutor(lambda: self.executor(spec))  # nothing to score: no Ray started
         try:
             total = search.population * search.generations
             outcome = self._guard(lambda: run_search(searcher, record, executor, total, self.cfg.progress))

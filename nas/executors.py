@@ -8,7 +8,7 @@ module does not import Ray.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,3 +58,43 @@ class InProcessExecutor:
 
     def close(self) -> None:
         pass
+
+
+class LazyExecutor:
+    """Builds its executor on the first round that has work: a search resumed after its last
+    candidate was scored, or replayed entirely from the study, starts no Ray and loads no scorer."""
+
+    def __init__(self, make: Callable[[], Executor]) -> None:
+        self.make = make
+        self.inner: Executor | None = None
+
+    def score(self, tasks: list[Task]) -> Iterator[Scored]:
+        if not tasks:
+            return iter(())
+        if self.inner is None:
+            self.inner = self.make()
+        return self.inner.score(tasks)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+
+
+def unreachable(address: str, timeout: float = 10.0) -> str | None:
+    """Why the Ray head at `address` (host:port, optionally with a scheme) cannot be reached, or None.
+
+    `ray.init` keeps retrying an unreachable head for a long time; a plain TCP connect answers in
+    seconds, so a mistyped --ray-address fails fast and before anything is written.
+    """
+    if address in ("", "auto", "local"):
+        return None
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"{address!r} is not HOST:PORT"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"{hostport} does not answer ({exc.strerror or exc.__class__.__name__})"
+    return None

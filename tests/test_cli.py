@@ -84,6 +84,9 @@ def test_bad_input_gives_one_line_error_and_changes_nothing(trained_run: Path, t
         (["search"], ["pruningnet.batch_size=100000"], ["pruningnet.batch_size", "lower it"]),
         (["pipeline"], ["finetune.init=foo"], ["finetune.init", "inherit or scratch"]),
         (["search"], ["seed=[1"], ["cannot read value"]),
+        (["search"], ["search.searcher=cmaes"], ["search.searcher", "nsga2"]),
+        (["search"], ["search.executor=ray", "search.ray_address=127.0.0.1:1"], ["cannot reach the Ray cluster", "127.0.0.1:1"]),
+        (["export"], ["search.workers=0"], ["search.workers", ">= 1"]),
     ]
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir()

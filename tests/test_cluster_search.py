@@ -1,12 +1,15 @@
-"""A search launched through the CLI onto a real two-node Ray cluster on loopback."""
+"""Searches through the CLI on Ray: a real two-node cluster on loopback, and a local pool losing an actor."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
-from tests.conftest import cli, study_trials
+from tests.conftest import cli, scored_configs, study_trials
 from tests.ray_cluster import ray_cluster  # noqa: F401  (the fixture)
 
 
@@ -33,3 +36,48 @@ def test_cli_search_on_a_two_node_cluster_matches_in_process(
         summary["executor"] == "ray x2"
         and summary["best"] == json.loads((reference / "summary.json").read_text())["search"]["best"]
     )
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid`, with its command line (from /proc: no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = commands.get(child, "")
+            todo.append(child)
+    return found
+
+
+def test_killing_a_ray_actor_mid_search_loses_and_duplicates_nothing(trained_run: Path, tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    shutil.copytree(trained_run, reference)
+    shutil.copytree(trained_run, killed)
+    sets = ["search.generations=4"]
+    assert cli("search", run_dir=reference, sets=sets).returncode == 0
+    process = cli("search", "--executor", "ray", "--workers", "2", run_dir=killed, sets=sets, background=True)
+    try:
+        deadline = time.time() + 240
+        while len(scored_configs(killed)) < 4 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        actors = [pid for pid, command in descendants(process.pid).items() if "ScoringActor" in command]
+        assert actors and process.poll() is None, "no scoring actor found to kill"
+        os.kill(actors[0], signal.SIGKILL)
+        assert process.wait(timeout=300) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+    trials = study_trials(killed)
+    configs = scored_configs(killed)
+    assert len(configs) == len(set(configs)) == len([t for t in trials if t.user_attrs["status"] == "scored"])
+    assert [(t.params, t.values) for t in trials] == [(t.params, t.values) for t in study_trials(reference)]
