@@ -287,7 +287,7 @@ def _tuner(
     progress: bool,
 ) -> tune.Tuner:
     """Restore the experiment in `storage_dir` if one was started there, else a new one."""
-    if tune.Tuner.can_restore(storage_dir) and any(storage_dir.glob("experiment_state-*.json")):
+    if _restorable(storage_dir):
         return tune.Tuner.restore(str(storage_dir), trainable, resume_unfinished=True, resume_errored=True)
     scheduler = _DurableASHA(
         time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=spec.optim.epochs,
@@ -309,6 +309,22 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
+
+
+def _restorable(storage_dir: Path) -> bool:
+    """Whether Tune saved an experiment there (a kill before its first state file leaves none)."""
+    states = list(storage_dir.glob("experiment_state-*.json"))  # trial statuses, last results, checkpoints
+    if not tune.Tuner.can_restore(storage_dir) or not states:
+        return False
+    for path in states:  # Tune rewrites it in place: after a kill mid-write, Tune would log the
+        try:  # error and go on to start trials without a config
+            json.loads(path.read_text())
+        except ValueError:
+            raise UserError(
+                f"Tune's saved state {path} is torn (the driver was killed while Tune wrote it), so the experiment "
+                f"cannot be resumed; delete {storage_dir} to fine-tune again"
+            ) from None
+    return True
 
 
 def _outcomes(results: Any, candidates: list[Candidate], max_t: int) -> list[TuneOutcome]:

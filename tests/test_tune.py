@@ -135,6 +135,10 @@ def test_asha_stops_the_weaker_trials_and_the_survivor_loads(local_ray: None, tm
     assert result_lines(storage) == results
     with pytest.raises(UserError, match="other candidates"):
         tune_finetune(candidates()[:2], spec, storage)
+    state = next(storage.glob("experiment_state-*.json"))
+    state.write_text(state.read_text()[:1000])  # as a kill while Tune rewrites it would leave it
+    with pytest.raises(UserError, match="torn"):
+        tune_finetune(candidates(), spec, storage)
 
 
 def test_restored_trials_rebuild_the_asha_rungs() -> None:
