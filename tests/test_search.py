@@ -126,3 +126,20 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
     assert len(trials) == 16 and {t.user_attrs["status"] for t in trials} == {"scored"}
     # export reads the study from the database too
     assert cli("export", "--storage", url, "--trial", "3", run_dir=tmp_path / "first", sets=["name=first"]).returncode == 0
+
+
+def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(searched["evolution"], run_dir)
+    sets = [f"search.max_flops={BUDGET}", "finetune.top_k=3", "finetune.epochs=2"]
+    for stage in ("finetune", "export"):
+        result = cli(stage, run_dir=run_dir, sets=sets)
+        assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    tuned = summary["finetune"]["tune"]
+    ranked = sorted(study_trials(run_dir), key=lambda t: (-t.values[0], t.user_attrs["flops"], t.number))[:3]
+    assert [t["name"] for t in tuned["trials"]] == [f"trial-{t.number}" for t in ranked]  # the 3 best proxies
+    survivor = next(t for t in tuned["trials"] if t["name"] == tuned["survivor"])
+    assert survivor["epochs"] == 2 and survivor["val_top1"] == max(t["val_top1"] for t in tuned["trials"] if t["epochs"] == 2)
+    assert summary["export"]["config"] == summary["finetune"]["config"] == survivor["config"]
+    assert summary["export"]["weights"] == "finetuned" and summary["export"]["reload_max_abs_diff"] == 0.0
