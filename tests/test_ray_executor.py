@@ -95,7 +95,8 @@ def test_same_scores_as_in_process(spec: ScorerSpec, expected: dict[int, float])
 def test_killed_actor_loses_no_candidate(spec: ScorerSpec, expected: dict[int, float]) -> None:
     tasks = candidates(24)
     with RayExecutor(spec, workers=2) as executor:
-        victim = int(ray.get(executor.actors[0].pid.remote()))
+        pid: ray.ObjectRef = executor.actors[0].pid.remote()
+        victim: int = ray.get(pid)
         results: list[Scored] = []
         for scored in executor.score(tasks):
             if not results:
