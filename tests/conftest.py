@@ -38,14 +38,16 @@ torch.set_num_threads(1)
 
 
 def cli(
-    *args: str, run_dir: Path | None = None, sets: list[str] | None = None, background: bool = False
+    *args: str, run_dir: Path | None = None, sets: list[str] | None = None, background: bool = False, inprocess: bool = False
 ) -> subprocess.CompletedProcess | subprocess.Popen:
-    """Run run_search.py in a fresh process, as a user would."""
+    """Run run_search.py in a fresh process, as a user would (or `inprocess`: its `main`, for quick error cases)."""
     command = [sys.executable, str(ROOT / "run_search.py"), *args]
     if run_dir is not None:
         command += ["--run-dir", str(run_dir)]
     for item in FAST + (sets or []):
         command += ["--set", item]
+    if inprocess:
+        return _main_in_this_process(command[2:])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if background:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -81,6 +83,22 @@ def scored_configs(run_dir: Path) -> list[tuple[int, ...]]:
             if trial.user_attrs.get("status") == "scored":
                 found.append(tuple(trial.params.values()))
     return found
+
+
+def _main_in_this_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """`run_search.main(argv)` with its output captured: the CLI's own entry point, without a
+    fresh interpreter (2-3 s of imports per call). A traceback would surface as the test's error."""
+    import contextlib
+    import gc
+    import io
+
+    import run_search
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_search.main(argv)
+    gc.collect()  # drop any Run object, and with it a run-directory lock it may hold
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

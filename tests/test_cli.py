@@ -91,10 +91,12 @@ def test_bad_input_gives_one_line_error_and_changes_nothing(trained_run: Path, t
     (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir()
     for stage, sets, fragments in cases:
-        assert_clean_error(cli(*stage, run_dir=run_dir, sets=sets), *fragments)
+        assert_clean_error(cli(*stage, run_dir=run_dir, sets=sets, inprocess=True), *fragments)
     config_file = tmp_path / "bad.yaml"
     config_file.write_text("search:\n  budget: 3\n")
-    assert_clean_error(cli("search", "--config", str(config_file), run_dir=run_dir), "unknown config key 'search.budget'")
+    assert_clean_error(
+        cli("search", "--config", str(config_file), run_dir=run_dir), "unknown config key 'search.budget'"
+    )  # fresh process
     assert snapshot(run_dir) == before
 
 
@@ -110,11 +112,11 @@ def test_corrupt_checkpoint_is_a_clear_error(trained_run: Path, tmp_path: Path) 
 
 
 def test_stage_order_is_explained_and_nothing_is_created(tmp_path: Path) -> None:
-    assert_clean_error(cli("search", run_dir=tmp_path / "fresh"), "train-pruningnet")
-    assert_clean_error(cli("finetune", run_dir=tmp_path / "fresh"), "no finished search")
+    assert_clean_error(cli("search", run_dir=tmp_path / "fresh", inprocess=True), "train-pruningnet")
+    assert_clean_error(cli("finetune", run_dir=tmp_path / "fresh", inprocess=True), "no finished search")
     assert not (tmp_path / "fresh").exists()
     (tmp_path / "file").write_text("x")
-    assert_clean_error(cli("search", run_dir=tmp_path / "file"), "is a file")
+    assert_clean_error(cli("search", run_dir=tmp_path / "file", inprocess=True), "is a file")
     assert_clean_error(cli("train-pruningnet", run_dir=tmp_path / "file" / "run"), "cannot write --run-dir")
 
 

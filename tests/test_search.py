@@ -105,9 +105,12 @@ def test_any_point_of_the_front_exports_without_searching_again(searched: dict[s
     assert (run_dir / "export" / f"trial-{expected['trial']}" / "weights.pt").exists()
     assert json.loads((run_dir / "summary.json").read_text())["search"] == summary["search"], "export searched again"
 
-    assert_clean_error(cli("export", *flags, "--trial", "9999", run_dir=run_dir, sets=sets), "--trial 9999", "pareto")
-    assert_clean_error(cli("export", *flags, "--max-flops", "10", run_dir=run_dir, sets=sets), "--max-flops", "raise it")
-    assert_clean_error(cli("search", "--trial", "1", run_dir=run_dir, sets=sets), "--trial", "finetune or export")
+    for argv, fragments in [
+        (["export", *flags, "--trial", "9999"], ["--trial 9999", "pareto"]),
+        (["export", *flags, "--max-flops", "10"], ["--max-flops", "raise it"]),
+        (["search", "--trial", "1"], ["--trial", "finetune or export"]),
+    ]:
+        assert_clean_error(cli(*argv, run_dir=run_dir, sets=sets, inprocess=True), *fragments)
 
 
 def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: Path, tmp_path: Path) -> None:
