@@ -7,6 +7,7 @@ decoded once; batches are sliced from memory, so an epoch costs no file I/O.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,6 +143,13 @@ def load_folder(path: str | Path) -> Splits:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _load_folder_once(root: Path, stamp: tuple[int, ...]) -> Splits:
+    """Decoding CIFAR-10 takes 15-20 s: stages and tests in one process share one decoded copy
+    (keyed by the folders' modification times; callers never modify the tensors in place)."""
+    return load_folder(root)
+
+
 def load_dataset(kind: str, path: str | None = None, seed: int = 0) -> Splits:
     if kind == "digits":
         return load_digits(seed)
@@ -150,7 +158,9 @@ def load_dataset(kind: str, path: str | None = None, seed: int = 0) -> Splits:
     if kind == "folder":
         if not path:
             raise UserError("data.kind=folder needs data.path, the folder holding train/ and test/")
-        return load_folder(path)
+        root = Path(path).resolve()
+        stamp = tuple((root / part).stat().st_mtime_ns if (root / part).is_dir() else 0 for part in ("train", "test"))
+        return _load_folder_once(root, stamp)
     raise UserError(f"unknown data.kind {kind!r}; choose digits, folder or synthetic")
 
 

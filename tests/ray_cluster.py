@@ -15,7 +15,7 @@ from ray.cluster_utils import Cluster
 NODE_CPUS = 1  # per node, so two one-CPU actors must land on different nodes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one cluster for every module that asks: starting one costs ~8 s
 def ray_cluster() -> Iterator[str]:
     """A head and a second node (separate raylet processes, one CPU each); yields the head's address."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False})

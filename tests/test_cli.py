@@ -38,7 +38,7 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     assert ss.count(space, space.from_channels(arch["config"])).flops == best["flops"] == arch["flops"]
 
     # a second run of the same command finds everything done and redoes nothing
-    again = cli(run_dir=run_dir)
+    again = cli(run_dir=run_dir, inprocess=True)
     assert again.returncode == 0, again.stderr
     assert json.loads((run_dir / "summary.json").read_text())["search"]["scored_this_run"] == 0
     assert (run_dir / "export" / "weights.pt").stat().st_mode & 0o044, "results must be readable by others"
@@ -46,12 +46,12 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     # the same PruningNet searched at another budget (written as absolute FLOPs): no retraining,
     # the earlier fine-tune is kept on disk and the summary no longer claims it for the new winner
     budget = f"{0.3 * summary['base']['flops']:.6e}"
-    again = cli("search", run_dir=run_dir, sets=[f"search.max_flops={budget}"])
+    again = cli("search", run_dir=run_dir, sets=[f"search.max_flops={budget}"], inprocess=True)
     assert again.returncode == 0, again.stderr
     new = json.loads((run_dir / "summary.json").read_text())
     assert new["search"]["best"]["flops"] <= 0.3 * summary["base"]["flops"] and new["pruningnet"] == summary["pruningnet"]
     assert "finetune" not in new and len(list((run_dir / "finetune").iterdir())) == 1
-    assert cli("finetune", run_dir=run_dir, sets=[f"search.max_flops={budget}"]).returncode == 0
+    assert cli("finetune", run_dir=run_dir, sets=[f"search.max_flops={budget}"], inprocess=True).returncode == 0
     assert len(list((run_dir / "finetune").iterdir())) == 2
 
 

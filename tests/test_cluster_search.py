@@ -22,7 +22,7 @@ def test_cli_search_on_a_two_node_cluster_matches_in_process(
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, clustered)
     sets = ["search.generations=2"]
-    assert cli("search", run_dir=reference, sets=sets).returncode == 0
+    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
     result = cli("search", "--executor", "ray", "--workers", "2", "--ray-address", ray_cluster, run_dir=clustered, sets=sets)
     assert result.returncode == 0, result.stderr
 
@@ -63,8 +63,8 @@ def test_killing_a_ray_actor_mid_search_loses_and_duplicates_nothing(trained_run
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, killed)
-    sets = ["search.generations=4"]
-    assert cli("search", run_dir=reference, sets=sets).returncode == 0
+    sets = ["search.generations=3"]
+    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
     process = cli("search", "--executor", "ray", "--workers", "2", run_dir=killed, sets=sets, background=True)
     try:
         deadline = time.time() + 240

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from metaprune.config import load_config
-from metaprune.data import augment, load_digits, load_folder, split
+from metaprune.data import augment, load_dataset, load_digits, load_folder, split
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_text, safe_torch_load
 from nas.budget import resolve_flops
@@ -70,7 +70,7 @@ def test_augment_crops_within_padding_and_flips() -> None:
 
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/data/cifar10 is absent")
 def test_cifar10_folder_has_the_standard_splits() -> None:
-    splits = load_folder(CIFAR)
+    splits = load_dataset("folder", str(CIFAR))  # decoded once per process (test_cifar10 reuses it)
     assert splits.train.images.shape == (50000, 3, 32, 32) and len(splits.test) == 10000
     assert torch.bincount(splits.train.labels).tolist() == [5000] * 10
 

@@ -32,7 +32,7 @@ def losses(run_dir: Path) -> list[float]:
 
 def test_killed_pruningnet_training_resumes_with_identical_losses(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    assert cli("train-pruningnet", run_dir=reference, sets=LONGER).returncode == 0
+    assert cli("train-pruningnet", run_dir=reference, sets=LONGER, inprocess=True).returncode == 0
     killed = tmp_path / "killed"
     process = cli("train-pruningnet", run_dir=killed, sets=LONGER, background=True)
     kill_when(process, lambda: (killed / "pruningnet.pt").exists(), delay=0.7)
@@ -50,11 +50,11 @@ def test_killed_pruningnet_training_resumes_with_identical_losses(tmp_path: Path
 
 @pytest.mark.parametrize("searcher", ["evolution", "tpe"])
 def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: Path, tmp_path: Path, searcher: str) -> None:
-    sets = ["search.generations=10", f"search.searcher={searcher}", "search.batch=8"]
+    sets = ["search.generations=6", f"search.searcher={searcher}", "search.batch=8"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, killed)
-    assert cli("search", run_dir=reference, sets=sets).returncode == 0
+    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
     process = cli("search", run_dir=killed, sets=sets, background=True)
     kill_when(process, lambda: len(scored_configs(killed)) >= 12, delay=0.3)
     scored_before = len(scored_configs(killed))

@@ -25,7 +25,7 @@ def searched(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for searcher in ("evolution", "tpe", "nsga2", "random"):
         run_dir = tmp_path_factory.mktemp(searcher) / "run"
         shutil.copytree(trained_run, run_dir)
-        result = cli("search", "--searcher", searcher, run_dir=run_dir, sets=[f"search.max_flops={BUDGET}"])
+        result = cli("search", "--searcher", searcher, run_dir=run_dir, sets=[f"search.max_flops={BUDGET}"], inprocess=True)
         assert result.returncode == 0, result.stderr
         runs[searcher] = run_dir
     return runs
@@ -118,7 +118,7 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
     for name in ("first", "second"):
         run_dir = tmp_path / name
         shutil.copytree(trained_run, run_dir)
-        result = cli("search", "--storage", url, run_dir=run_dir, sets=[f"name={name}", "search.generations=2"])
+        result = cli("search", "--storage", url, run_dir=run_dir, sets=[f"name={name}", "search.generations=2"], inprocess=True)
         assert result.returncode == 0, result.stderr
         assert not (run_dir / "study.journal").exists()
         summary = json.loads((run_dir / "summary.json").read_text())["search"]
@@ -128,7 +128,8 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
     trials = optuna.load_study(study_name=names[0], storage=url).trials
     assert len(trials) == 16 and {t.user_attrs["status"] for t in trials} == {"scored"}
     # export reads the study from the database too
-    assert cli("export", "--storage", url, "--trial", "3", run_dir=tmp_path / "first", sets=["name=first"]).returncode == 0
+    exported = cli("export", "--storage", url, "--trial", "3", run_dir=tmp_path / "first", sets=["name=first"], inprocess=True)
+    assert exported.returncode == 0, exported.stderr
 
 
 def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[str, Path], tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[st
     shutil.copytree(searched["evolution"], run_dir)
     sets = [f"search.max_flops={BUDGET}", "finetune.top_k=3", "finetune.epochs=2"]
     for stage in ("finetune", "export"):
-        result = cli(stage, run_dir=run_dir, sets=sets)
+        result = cli(stage, run_dir=run_dir, sets=sets, inprocess=True)
         assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     tuned = summary["finetune"]["tune"]
