@@ -118,6 +118,8 @@ def run(argv: list[str]) -> int:
         raise UserError(
             f"--trial and --max-flops choose a point for finetune or export, not for {stage}; run `finetune` or `export`"
         )
+    if pick.max_flops is not None and not pick.max_flops >= 0:
+        raise UserError(f"--max-flops must be >= 0 (a fraction <= 1 or absolute FLOPs), got {pick.max_flops:g}")
     if pick.trial is not None and pick.max_flops is not None:
         raise UserError("give either --trial or --max-flops, not both")
     pipeline = Run(cfg, run_dir, pick)

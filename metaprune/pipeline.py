@@ -3,7 +3,7 @@
     train-pruningnet -> search -> finetune -> export
 
 Run directory: `config.yaml` (the latest resolved config), `pruningnet.pt` (training checkpoint),
-`search_record.jsonl` (every scored candidate), `finetune/<id>.pt` (one per winner and fine-tune
+`study.journal` (every trial of every search, Optuna's journal format), `finetune/<id>.pt` (one per winner and fine-tune
 setting), `export/`, `summary.json`. Each artifact stores the settings it was made with and is
 refused under other settings; all input is checked before anything in the directory is written.
 """
@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +45,7 @@ from nas.study import (
     changed_keys,
     load_candidates,
     pareto_front,
+    redact,
     run_studies,
 )
 
@@ -51,6 +53,7 @@ PRUNINGNET = "pruningnet.pt"
 RECORD = JOURNAL
 FINETUNE = "finetune"
 FRONT_PLOT = "search_front.png"
+RUN_ID = "run_id"  # names this run's studies in a shared database
 
 
 @dataclass
@@ -117,6 +120,8 @@ class Run:
         if artifact in (RECORD, FINETUNE):
             meta["score"] = full["score"]
         if artifact == FINETUNE:
+            for key in ("top_k", "grace_epochs", "reduction_factor"):  # choose what is fine-tuned, not how
+                del full["finetune"][key]
             meta.update(finetune=full["finetune"], winner=list(winner or ()))
         return meta
 
@@ -132,7 +137,7 @@ class Run:
             stored = checkpoint_header(path)["meta"]
             if stored != self.meta(PRUNINGNET):
                 _conflict(path, changed_keys(stored, self.meta(PRUNINGNET)), [PRUNINGNET, RECORD, f"{FINETUNE}/"])
-        if self.cfg.search.storage or (self.dir / RECORD).exists():
+        if (self.cfg.search.storage and (self.dir / RUN_ID).exists()) or (self.dir / RECORD).exists():
             self._guard(lambda: run_studies(self.storage(writable=False), self.study_prefix, self.meta(RECORD)))
 
     def _guard(self, action: Any) -> Any:
@@ -153,13 +158,24 @@ class Run:
             return Storage(url, self.dir, writable)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:
+            where = redact(url) if url else str(self.dir / RECORD)
+            raise UserError(f"cannot open {where} ({exc.strerror or exc}); check the path and its permissions") from None
         except Exception as exc:  # a database that cannot be reached
-            raise UserError(f"cannot open search.storage {url!r} ({str(exc).splitlines()[0]}); check the URL") from None
+            first = str(exc).splitlines()[0].replace(url, redact(url))
+            raise UserError(f"cannot open search.storage {redact(url)!r} ({first}); check the URL") from None
 
     @property
     def study_prefix(self) -> str:
-        """Studies of this run: all of its journal file, or those named `<name>/...` in a shared database."""
-        return f"{self.cfg.name}/" if self.cfg.search.storage else ""
+        """Studies of this run: all of its journal file, or in a shared database those named
+        `<name>-<run id>/...`, the run id kept in the run directory (two run directories of one
+        name never share studies)."""
+        if not self.cfg.search.storage:
+            return ""
+        path = self.dir / RUN_ID
+        if not path.exists():
+            atomic_write_text(path, uuid.uuid4().hex[:12] + "\n")
+        return f"{self.cfg.name}-{path.read_text().strip()}/"
 
     def study_name(self) -> str:
         """One study per searcher, window and search settings (settings of executors left out)."""
@@ -172,6 +188,8 @@ class Run:
 
     def study(self, writable: bool, directions: list[StudyDirection] | None = None) -> StudyRecord:
         search = self.cfg.to_dict()["search"]
+        for key in ("storage", "ray_address"):  # where it runs, not what it searches (and no password)
+            del search[key]
         attrs = {"searcher": search["searcher"], "search": search, "window": list(self.search_window)}
         return self._guard(
             lambda: StudyRecord(
@@ -214,12 +232,16 @@ class Run:
         path = self.dir / "summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def _update_summary(self, stage: str, result: dict[str, Any], winner: ss.Config | None = None) -> None:
-        """Set one stage's result; a new `winner` drops fine-tune/export results of another model."""
+    def _update_summary(
+        self, stage: str, result: dict[str, Any], winner: ss.Config | None = None, also: list[int] | None = None
+    ) -> None:
+        """Set one stage's result; a new `winner` drops fine-tune/export results of other models
+        (but for `also`: the Tune survivor of the same study, which stays the winner)."""
         summary = self.summary()
         summary[stage] = result
         if winner is not None:
-            summary = {k: v for k, v in summary.items() if k not in ("finetune", "export") or v.get("config") == list(winner)}
+            kept = [list(winner), also]
+            summary = {k: v for k, v in summary.items() if k not in ("finetune", "export") or v.get("config") in kept}
         atomic_write_json(self.dir / "summary.json", summary)
 
     # -- shared pieces ----------------------------------------------------------------------------
@@ -354,7 +376,7 @@ class Run:
         summary = {
             "searcher": search.searcher,
             "study": record.name,
-            "storage": record.storage.location,
+            "storage": redact(record.storage.location),
             "executor": search.executor if search.executor == "inprocess" else f"ray x{search.workers}",
             "evaluated": len(outcome.candidates),
             "trials": outcome.trials,
@@ -365,7 +387,9 @@ class Run:
             "plot": FRONT_PLOT,
             "timing": timing,
         }
-        self._update_summary("search", summary, winner=best.config)
+        tuned = self.summary().get("finetune", {})
+        keep = tuned.get("config") if tuned.get("tune", {}).get("study") == record.name else None
+        self._update_summary("search", summary, winner=best.config, also=keep)
         return summary
 
     def candidates(self) -> tuple[str, list[Candidate]]:
@@ -467,7 +491,9 @@ class Run:
             self.space.to_dict(), data.train, data.val, data.normalizer, self.cfg.finetune, self.cfg.data.flip, self.cfg.seed,
             "cpu" if self.device.type == "cpu" else "auto", self.cfg.score.eval_batch_size,
         )  # fmt: skip
-        digest = hashlib.sha1(json.dumps(self.meta(FINETUNE, ()), sort_keys=True).encode()).hexdigest()[:12]
+        identity = {**self.meta(FINETUNE, ()), "study": name, "candidates": [list(c.config) for c in chosen],
+                    "asha": [self.cfg.finetune.grace_epochs, self.cfg.finetune.reduction_factor]}  # fmt: skip
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         outcomes = tune.tune_finetune(
             candidates, spec, self.dir / "tune" / digest, grace_epochs=self.cfg.finetune.grace_epochs,
             reduction_factor=self.cfg.finetune.reduction_factor, progress=self.cfg.progress,
@@ -540,6 +566,8 @@ class Run:
         return summary
 
     def _trial_of(self, config: ss.Config) -> int:
+        if self.pick.trial is not None:
+            return self.pick.trial
         name, found = self.candidates()
         return next(c.trial for c in found if c.config == config)
 

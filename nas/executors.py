@@ -20,7 +20,7 @@ from search_spaces import Config
 
 @dataclass(frozen=True)
 class Task:
-    """One candidate to score. `trial` is its trial number in the study: unique within a round."""
+    """One candidate to score. `trial` identifies it within its round (the driver uses the index in the round)."""
 
     trial: int
     config: Config

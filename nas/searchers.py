@@ -65,7 +65,7 @@ class _Replayed(Searcher):
         if self.round == 0 and not configs:
             low, high = self.window
             raise ValueError(
-                f"no configuration found with FLOPs in [{low:,.0f}, {high:,.0f}] after {self.cfg.population * 10} draws; "
+                f"no configuration found with FLOPs in [{low:,.0f}, {high:,.0f}] after bounded random draws; "
                 "widen the window (search.min_flops, search.max_flops)"
             )
         self.round += 1
@@ -126,8 +126,9 @@ class _TPE(_StaticSpace, optuna.samplers.TPESampler):
     pass
 
 
-class _NSGAII(_StaticSpace, optuna.samplers.NSGAIISampler):
-    pass
+class NSGAIISampler(_StaticSpace, optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II over the static gene space. Named as Optuna's class on purpose: NSGA-II keys
+    its generation records in the study by class name, so the study stays Optuna's own format."""
 
 
 class OptunaSearch(Searcher):
@@ -143,9 +144,9 @@ class OptunaSearch(Searcher):
         seed = derived_seed(self.seed, number)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler: _TPE | _NSGAII
+            sampler: _TPE | NSGAIISampler
             if self.kind == "nsga2":
-                sampler = _NSGAII(population_size=self.population, seed=seed)
+                sampler = NSGAIISampler(population_size=self.population, seed=seed)
             else:
                 sampler = _TPE(seed=seed, multivariate=True, constant_liar=True)
         sampler.genes = self.genes

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A scored configuration: `trial` is its number in `study`, where it was measured."""
+    """A measured configuration: `trial` is its number in `study` (scored there, or reused there)."""
 
     trial: int
     config: Config
@@ -215,9 +216,31 @@ class StudyRecord:
                 self.study.set_user_attr(key, value)
             storage.flush()
         self.distributions = distributions(space)
+        self.random = optuna.samplers.RandomSampler(seed=0)  # never consulted: every value is fixed
+        self._fail_unfinished_asks()
         self.by_config = {
             trial_config(space, t): t for t in self.trials() if t.state in (TrialState.COMPLETE, TrialState.RUNNING)
         }
+
+    def _fail_unfinished_asks(self) -> None:
+        """An ask writes several records (the trial, each gene, constraints, costs); a database
+        commits each at once and a torn journal append can keep only some. A trial left WAITING,
+        or RUNNING without all of them, cannot be resumed: mark it FAIL (its configuration is asked
+        again as a new trial)."""
+        broken = []
+        for trial in self.trials((TrialState.WAITING, TrialState.RUNNING)):
+            whole = (
+                trial.state == TrialState.RUNNING
+                and set(self.distributions) <= set(trial.params)
+                and {"flops", "params"} <= set(trial.user_attrs)
+                and {"flops_over_budget", "flops_under_minimum"} <= set(trial.constraints)
+            )
+            if not whole:
+                broken.append(trial)
+        for trial in broken:
+            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if broken:
+            self.storage.flush()
 
     # -- reading ------------------------------------------------------------------------------------
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
@@ -236,15 +259,14 @@ class StudyRecord:
         return found
 
     # -- asking -------------------------------------------------------------------------------------
-    def pending(self, trial: optuna.Trial, config: Config) -> Pending:
-        """Set the constraints and costs of an asked trial and see whether it is known already."""
+    def pending(self, trial: optuna.Trial, config: Config, fresh: bool = True) -> Pending:
+        """Set the constraints and costs of a new trial (a resumed one has them) and see whether it is known."""
         from search_spaces import count
 
         cost = count(self.space, config)
         low, high = self.window
         over, under = cost.flops - high, low - cost.flops
-        stored = self.study._storage.get_trial_system_attrs(trial._trial_id)
-        if not any(key.startswith("constraints") for key in stored):  # a stale trial keeps its own
+        if fresh:
             trial.set_constraint("flops_over_budget", over)
             trial.set_constraint("flops_under_minimum", under)
             trial.set_user_attr("flops", cost.flops)
@@ -265,7 +287,10 @@ class StudyRecord:
             known = candidate_of(self.space, done, self.name) if done.user_attrs.get("status") != INFEASIBLE else None
             flops, params = int(done.user_attrs["flops"]), int(done.user_attrs["params"])
             return Pending(None, config, flops, params, known is not None, known)
-        self.study.enqueue_trial(dict(zip(self.distributions, config)))
+        # a sampler that answers with the given values: no WAITING trial (enqueue_trial) to be left behind
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.sampler = optuna.samplers.PartialFixedSampler(dict(zip(self.distributions, config)), self.random)
         trial = self.study.ask(self.distributions)
         self.by_config[config] = self.study._storage.get_trial(trial._trial_id)
         return self.pending(trial, config)
@@ -278,7 +303,7 @@ class StudyRecord:
 
     def resume(self, trial: FrozenTrial) -> Pending:
         """A stale RUNNING trial as pending work: it is scored (once) and told now."""
-        return self.pending(optuna.Trial(self.study, trial._trial_id), trial_config(self.space, trial))
+        return self.pending(optuna.Trial(self.study, trial._trial_id), trial_config(self.space, trial), fresh=False)
 
     # -- telling ------------------------------------------------------------------------------------
     def values(self, proxy_top1: float, flops: int) -> list[float]:
@@ -339,3 +364,13 @@ def load_candidates(storage: Storage, name: str, space: SearchSpace) -> list[Can
     study = optuna.load_study(study_name=name, storage=storage.optuna)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [candidate_of(space, t, name) for t in trials if t.user_attrs.get("status") in (SCORED, REUSED)]
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print or save: any password replaced by ***."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url

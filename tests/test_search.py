@@ -122,9 +122,10 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
         assert result.returncode == 0, result.stderr
         assert not (run_dir / "study.journal").exists()
         summary = json.loads((run_dir / "summary.json").read_text())["search"]
-        assert summary["study"].startswith(f"{name}/evolution-") and summary["storage"] == url
+        run_id = (run_dir / "run_id").read_text().strip()
+        assert summary["study"] == f"{name}-{run_id}/" + summary["study"].split("/")[1] and summary["storage"] == url
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(url))
-    assert [n.split("/")[0] for n in names] == ["first", "second"]
+    assert [n.split("-")[0] for n in names] == ["first", "second"] and all("/evolution-" in n for n in names)
     trials = optuna.load_study(study_name=names[0], storage=url).trials
     assert len(trials) == 16 and {t.user_attrs["status"] for t in trials} == {"scored"}
     # export reads the study from the database too

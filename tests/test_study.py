@@ -114,3 +114,22 @@ def test_pareto_front_is_exactly_the_non_dominated_set() -> None:
         # equal points: the front keeps one of each (the earliest trial)
         assert {(c.flops, c.proxy_top1) for c in front} == {(c.flops, c.proxy_top1) for c in candidates if c.trial in expected}
         assert [c.flops for c in front] == sorted(c.flops for c in front)
+
+
+def test_asks_cut_short_are_failed_not_mixed_up(tmp_path: Path) -> None:
+    study = record(tmp_path)
+    a, b, c = configs(3)
+    study.tell_scored(study.ask_config(a), 30.0, "n")
+    half = study.study.ask()  # a RUNNING trial holding one gene only: its other writes never landed
+    half.suggest_int(SPACE.genes[0].name, 0, len(SPACE.genes[0].choices) - 1)
+    study.study.enqueue_trial(dict(zip(study.distributions, b)))  # a WAITING trial (an ask cut short)
+    study.storage.journal.flush()  # type: ignore[union-attr]
+    resumed = record(tmp_path)
+    states = [t.state.name for t in resumed.trials()]
+    assert states == ["COMPLETE", "FAIL", "FAIL"] and not resumed.stale()
+    for config, score in ((b, 40.0), (c, 50.0)):  # later asks get their own configurations and scores
+        pending = resumed.ask_config(config)
+        assert pending.config == config and pending.known is None
+        resumed.tell_scored(pending, score, "n")
+    told = {tuple(t.params.values()): t.values[0] for t in resumed.trials() if t.state.name == "COMPLETE"}
+    assert told == {a: 30.0, b: 40.0, c: 50.0}
