@@ -177,20 +177,23 @@ class Run:
             atomic_write_text(path, uuid.uuid4().hex[:12] + "\n")
         return f"{self.cfg.name}-{path.read_text().strip()}/"
 
-    def study_name(self) -> str:
-        """One study per searcher, window and search settings (settings of executors left out)."""
+    def search_settings(self) -> dict[str, Any]:
+        """What the search does, not where it runs (executor, workers, Ray address, storage URL
+        with its password are left out), with the resolved FLOPs window."""
         search = self.cfg.to_dict()["search"]
         for key in ("executor", "workers", "ray_address", "storage"):
             del search[key]
         search["window"] = list(self.search_window)
-        digest = hashlib.sha1(json.dumps(search, sort_keys=True).encode()).hexdigest()[:8]
+        return search
+
+    def study_name(self) -> str:
+        """One study per searcher, window and search settings."""
+        digest = hashlib.sha1(json.dumps(self.search_settings(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.study_prefix}{self.cfg.search.searcher}-{digest}"
 
     def study(self, writable: bool, directions: list[StudyDirection] | None = None) -> StudyRecord:
-        search = self.cfg.to_dict()["search"]
-        for key in ("storage", "ray_address"):  # where it runs, not what it searches (and no password)
-            del search[key]
-        attrs = {"searcher": search["searcher"], "search": search, "window": list(self.search_window)}
+        search = self.search_settings()
+        attrs = {"searcher": search["searcher"], "search": search, "window": search["window"]}
         return self._guard(
             lambda: StudyRecord(
                 self.storage(writable),
@@ -363,7 +366,7 @@ class Run:
             executor.close()
         if not outcome.candidates:
             raise UserError("the search scored no candidate inside the window; widen it (search.max_flops) or run more trials")
-        best = max(outcome.candidates, key=lambda c: (c.proxy_top1, -c.flops, -c.trial))
+        best = min(outcome.candidates, key=_rank)
         front = pareto_front(outcome.candidates)
         from nas.plot import plot_front
 
@@ -403,7 +406,10 @@ class Run:
         return name, found
 
     def winner(self) -> ss.Config:
-        """The chosen point of the last search: `pick` (a trial, or the best under a FLOPs cap), else the best."""
+        return self.choice().config
+
+    def choice(self) -> Candidate:
+        """The chosen point of the last search: `pick` (a trial, or the best under a FLOPs cap), else the winner."""
         name, found = self.candidates()
         if self.pick.trial is not None:
             chosen = [c for c in found if c.trial == self.pick.trial]
@@ -413,7 +419,7 @@ class Run:
                     f"(trials {found[0].trial}..{found[-1].trial}); "
                     "pick one listed in summary.json search.pareto"
                 )
-            return chosen[0].config
+            return chosen[0]
         if self.pick.max_flops is not None:
             cap = resolve_flops(self.pick.max_flops, self.full.flops)
             under = [c for c in found if c.flops <= cap]
@@ -422,14 +428,16 @@ class Run:
                     f"--max-flops {self.pick.max_flops:g} ({cap:,.0f} FLOPs) is below every scored candidate "
                     f"(smallest {min(c.flops for c in found):,}); raise it"
                 )
-            return max(under, key=lambda c: (c.proxy_top1, -c.flops, -c.trial)).config
+            return min(under, key=_rank)
         tuned = self.summary().get("finetune", {}).get("tune")
         if tuned is not None and tuned["study"] == name:  # the Tune survivor, not the best proxy, won
-            return self.space.validate(self.summary()["finetune"]["config"])
-        best = self.summary()["search"]["best"]
-        if tuple(best["config"]) not in {c.config for c in found}:
+            config = tuple(self.summary()["finetune"]["config"])
+        else:
+            config = tuple(self.summary()["search"]["best"]["config"])
+        match = [c for c in found if c.config == config]
+        if not match:
             raise UserError(f"no finished search in {self.dir}; run `run_search.py search --run-dir {self.dir}` first")
-        return self.space.validate(best["config"])
+        return match[0]
 
     def winner_model(self, config: ss.Config) -> torch.nn.Module:
         """The winner before fine-tuning: generated weights with re-estimated BN, or a fresh init."""
@@ -477,7 +485,7 @@ class Run:
         from metaprune import tune  # imports Ray: only for this stage
 
         name, found = self.candidates()
-        ranked = sorted(found, key=lambda c: (-c.proxy_top1, c.flops, c.trial))
+        ranked = sorted(found, key=_rank)
         chosen = list({c.config: c for c in reversed(ranked)}.values())[::-1][: self.cfg.finetune.top_k]
         inherit = self.cfg.finetune.init == "inherit"
         scorer = self.scorer() if inherit else None
@@ -536,7 +544,8 @@ class Run:
         Its fine-tuned weights when a fine-tune of it finished, else its generated weights with
         re-estimated BN (any point of the front, at once). A picked point goes to export/trial-N/.
         """
-        config = self.winner()
+        chosen = self.choice()
+        config = chosen.config
         path = self.finetune_path(config)
         weights = load_trained_weights(path) if path.exists() else None  # an unfinished fine-tune is refused
         if weights is None:
@@ -550,7 +559,7 @@ class Run:
         out = self.dir / "export"
         picked = self.pick.trial is not None or self.pick.max_flops is not None
         if picked:
-            out = out / f"trial-{self._trial_of(config)}"
+            out = out / f"trial-{chosen.trial}"
         classes = self.splits.train.classes
         summary = export_model(model.eval(), self.space, config, self.prepared.normalizer, classes, out)
         summary["weights"] = "finetuned" if weights is not None else "generated"
@@ -564,12 +573,6 @@ class Run:
                 file=sys.stderr,
             )
         return summary
-
-    def _trial_of(self, config: ss.Config) -> int:
-        if self.pick.trial is not None:
-            return self.pick.trial
-        name, found = self.candidates()
-        return next(c.trial for c in found if c.config == config)
 
     def pipeline(self) -> dict[str, Any]:
         self.train_pruningnet()
@@ -609,6 +612,11 @@ def export_model(
     with torch.no_grad():
         diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
     return {"files": [str(out / "architecture.json"), str(out / "weights.pt")], "reload_max_abs_diff": diff}
+
+
+def _rank(candidate: Candidate) -> tuple[float, int, int]:
+    """Best first: higher proxy top-1, then fewer FLOPs, then the earlier trial."""
+    return (-candidate.proxy_top1, candidate.flops, candidate.trial)
 
 
 def _point(candidate: Candidate) -> dict[str, Any]:
