@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""metaprune command line: train a PruningNet, search a FLOPs budget, fine-tune and export the winner.
+"""metaprune command line: train a PruningNet, search a FLOPs budget, fine-tune (distilled) and export the winner.
 
 With no arguments it runs the whole quickstart (handwritten digits bundled with scikit-learn,
 ResNet-20, half the FLOPs) on the CPU in a few minutes and prints where the results are.
@@ -15,7 +15,8 @@ from pathlib import Path
 from metaprune.errors import UserError
 
 STAGE_HELP = {
-    "pipeline": "run every stage in order: train-pruningnet, search, finetune, export (the default)",
+    "pipeline": "run every stage in order: train-base, train-pruningnet, search, finetune (distilled), export (the default)",
+    "train-base": "train the original full network (the teacher of distillation, the reference); resumes from its checkpoint",
     "train-pruningnet": "train the PruningNet (one random configuration per mini-batch); resumes from its checkpoint",
     "search": "search under the FLOPs budget (--searcher), scoring candidates with the trained PruningNet (--executor)",
     "finetune": "train the search winner, or the point --trial / --max-flops picks, and report test top-1",
@@ -123,9 +124,12 @@ def run(argv: list[str]) -> int:
     if pick.trial is not None and pick.max_flops is not None:
         raise UserError("give either --trial or --max-flops, not both")
     pipeline = Run(cfg, run_dir, pick)
-    method = {"pipeline": pipeline.pipeline, "train-pruningnet": pipeline.train_pruningnet, "search": pipeline.search,
-              "finetune": pipeline.finetune, "export": pipeline.export}[stage]  # fmt: skip
-    result = method()
+    method = {"pipeline": pipeline.pipeline, "train-base": pipeline.train_base, "train-pruningnet": pipeline.train_pruningnet,
+              "search": pipeline.search, "finetune": pipeline.finetune, "export": pipeline.export}[stage]  # fmt: skip
+    try:
+        result = method()
+    finally:
+        pipeline.close()
     print(json.dumps(result, indent=2))
     print(f"\n{stage} finished. Results: {run_dir / 'summary.json'}", file=sys.stderr)
     if stage in ("pipeline", "export"):

@@ -17,6 +17,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from metaprune.distill import DistillConfig
 from metaprune.errors import UserError
 from metaprune.score import ScoreConfig
 from metaprune.train import OptimConfig
@@ -37,6 +38,13 @@ class DataConfig:
 class SpaceConfig:
     family: str = "resnet20"  # a registered family: resnet20, resnet56, resnet50, mobilenet_v1, mobilenet_v2
     width_mult: float = 1.0  # scales every base width (the largest network of the space)
+
+
+@dataclass
+class BaseSection(OptimConfig):
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
 
 
 @dataclass
@@ -82,10 +90,12 @@ class RunConfig:
     progress: bool = True  # progress bars on stderr
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
+    base: BaseSection = field(default_factory=BaseSection)
     pruningnet: PruningNetSection = field(default_factory=PruningNetSection)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     search: SearchSection = field(default_factory=SearchSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,6 +216,7 @@ def validate(cfg: RunConfig) -> None:
     _require(cfg.data.train_subset >= 0, "data.train_subset", cfg.data.train_subset, ">= 0 (0 = all)")
     wm = cfg.space.width_mult
     _require(0 < wm <= 16 and math.isfinite(wm), "space.width_mult", wm, "in (0, 16]")
+    _check_optim("base", cfg.base)
     _check_optim("pruningnet", cfg.pruningnet)
     _check_optim("finetune", cfg.finetune)
     _require(1 <= cfg.pruningnet.hidden <= 4096, "pruningnet.hidden", cfg.pruningnet.hidden, "in [1, 4096]")
@@ -214,6 +225,7 @@ def validate(cfg: RunConfig) -> None:
     _require(ft.top_k >= 1, "finetune.top_k", ft.top_k, ">= 1")
     _require(1 <= ft.grace_epochs <= ft.epochs, "finetune.grace_epochs", ft.grace_epochs, "in [1, finetune.epochs]")
     _require(ft.reduction_factor >= 2, "finetune.reduction_factor", ft.reduction_factor, ">= 2")
+    _check_distill(cfg.distill)
     _require(cfg.score.calib_batch_size >= 2, "score.calib_batch_size", cfg.score.calib_batch_size, ">= 2")
     _require(
         cfg.score.calib_images >= cfg.score.calib_batch_size,
@@ -244,6 +256,17 @@ def validate(cfg: RunConfig) -> None:
         "pruningnet.min_flops": cfg.pruningnet.min_flops,
     }.items():
         _require(value >= 0 and math.isfinite(value), key, value, "a fraction <= 1 or absolute FLOPs > 1")
+
+
+def _check_distill(cfg: DistillConfig) -> None:
+    from metaprune.distill import parse_weights, teacher_paths
+
+    _require(cfg.alpha >= 0 and math.isfinite(cfg.alpha), "distill.alpha", cfg.alpha, ">= 0 (0 turns distillation off)")
+    t = cfg.temperature
+    _require(0 < t <= 1000 and math.isfinite(t), "distill.temperature", t, "in (0, 1000]")
+    _require(0 <= cfg.assistant_width < 1, "distill.assistant_width", cfg.assistant_width, "in [0, 1) (0 = no assistant)")
+    teachers = teacher_paths(cfg)
+    parse_weights(cfg.teacher_weights, max(1, len(teachers)))
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

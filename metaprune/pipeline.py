@@ -25,8 +25,10 @@ import torch
 from optuna.study import StudyDirection
 
 import search_spaces as ss
+from metaprune import teachers
 from metaprune.config import RunConfig, dump_config, validate
 from metaprune.data import ImageData, Normalizer, load_dataset, split
+from metaprune.distill import to_program
 from metaprune.errors import UserError
 from metaprune.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from metaprune.pruningnet import PruningNet, PruningNetConfig
@@ -54,6 +56,7 @@ RECORD = JOURNAL
 FINETUNE = "finetune"
 FRONT_PLOT = "search_front.png"
 RUN_ID = "run_id"  # names this run's studies in a shared database
+WINNER_STAGES = ("finetune", "distill", "quantize", "export")  # results about one model: each names its config
 
 
 @dataclass
@@ -116,13 +119,20 @@ class Run:
             del full[section][key]
         data = full["data"]
         data["path"] = str(Path(data["path"]).resolve()) if data["kind"] == "folder" and data["path"] else None
+        if artifact == teachers.BASE:
+            return {key: full[key] for key in ("seed", "data", "space")}
         meta = {key: full[key] for key in ("seed", "data", "space", "pruningnet")}
-        if artifact in (RECORD, FINETUNE):
+        if artifact in (RECORD, FINETUNE, teachers.FINETUNE_SETTINGS):
             meta["score"] = full["score"]
-        if artifact == FINETUNE:
+        if artifact in (FINETUNE, teachers.FINETUNE_SETTINGS):
             for key in ("top_k", "grace_epochs", "reduction_factor"):  # choose what is fine-tuned, not how
                 del full["finetune"][key]
-            meta.update(finetune=full["finetune"], winner=list(winner or ()))
+            meta["finetune"] = full["finetune"]
+        if artifact == FINETUNE:
+            meta["winner"] = list(winner or ())
+            distill = teachers.identity(self)
+            if distill is not None:  # (an undistilled fine-tune keeps the identity it had before distillation existed)
+                meta["distill"] = distill
         return meta
 
     def finetune_path(self, winner: ss.Config) -> Path:
@@ -137,6 +147,9 @@ class Run:
             stored = checkpoint_header(path)["meta"]
             if stored != self.meta(PRUNINGNET):
                 _conflict(path, changed_keys(stored, self.meta(PRUNINGNET)), [PRUNINGNET, RECORD, f"{FINETUNE}/"])
+        base = self.dir / teachers.BASE
+        if base.exists() and (stored := checkpoint_header(base)["meta"]) != teachers.base_meta(self):
+            _conflict(base, changed_keys(stored, teachers.base_meta(self)), [teachers.BASE, f"{FINETUNE}/"])
         if (self.cfg.search.storage and (self.dir / RUN_ID).exists()) or (self.dir / RECORD).exists():
             self._guard(lambda: run_studies(self.storage(writable=False), self.study_prefix, self.meta(RECORD)))
 
@@ -215,7 +228,8 @@ class Run:
             atomic_write_text(self.dir / "config.yaml", dump_config(self.cfg))
         except OSError as exc:
             raise UserError(f"cannot write --run-dir {self.dir} ({exc.strerror or exc}); choose a writable directory") from None
-        self._update_summary("base", {"flops": self.full.flops, "params": self.full.params, "space": self.space.name})
+        base = {**self.summary().get("base", {}), "flops": self.full.flops, "params": self.full.params, "space": self.space.name}
+        self._update_summary("base", base)
 
     def _lock(self) -> None:
         """One process per run directory. The OS drops the lock when its holder dies, even by kill -9."""
@@ -231,6 +245,13 @@ class Run:
             raise UserError(f"another process is running in {self.dir}; wait for it or use another --run-dir") from None
         self._lock_file = handle
 
+    def close(self) -> None:
+        """Release the run directory now (else when this object is collected or the process ends)."""
+        handle = getattr(self, "_lock_file", None)
+        if handle is not None:
+            handle.close()  # closing the descriptor drops the flock
+            self._lock_file = None
+
     def summary(self) -> dict[str, Any]:
         path = self.dir / "summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
@@ -238,13 +259,13 @@ class Run:
     def _update_summary(
         self, stage: str, result: dict[str, Any], winner: ss.Config | None = None, also: list[int] | None = None
     ) -> None:
-        """Set one stage's result; a new `winner` drops fine-tune/export results of other models
+        """Set one stage's result; a new `winner` drops the post-search results of other models
         (but for `also`: the Tune survivor of the same study, which stays the winner)."""
         summary = self.summary()
         summary[stage] = result
         if winner is not None:
             kept = [list(winner), also]
-            summary = {k: v for k, v in summary.items() if k not in ("finetune", "export") or v.get("config") in kept}
+            summary = {k: v for k, v in summary.items() if k not in WINNER_STAGES or v.get("config") in kept}
         atomic_write_json(self.dir / "summary.json", summary)
 
     # -- shared pieces ----------------------------------------------------------------------------
@@ -256,6 +277,11 @@ class Run:
             train_all = split(train_all, len(train_all) - cfg.train_subset, cfg.split_seed + 1)[0]
         train_part, val = split(train_all, cfg.val_size, cfg.split_seed)
         return Prepared(train_part, val, self.splits.test, Normalizer.fit(train_part.images))
+
+    def test_top1(self, model: torch.nn.Module) -> float:
+        """Top-1 (%) on the test split: used once per trained model, never to choose one."""
+        data = self.prepared
+        return top1(model, fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, self.device))
 
     def pruningnet(self) -> PruningNet:
         net = PruningNet(self.space, PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine))
@@ -302,6 +328,10 @@ class Run:
         return build_scorer(self.scorer_spec(), self.device)
 
     # -- stages -----------------------------------------------------------------------------------
+    def train_base(self) -> dict[str, Any]:
+        """Train the original full network: the teacher and the reference of every comparison."""
+        return teachers.train_base(self)
+
     def train_pruningnet(self) -> dict[str, Any]:
         """Train the PruningNet on one random configuration per mini-batch."""
         self._begin()
@@ -459,17 +489,18 @@ class Run:
         if self.cfg.finetune.init == "inherit":
             self._require_pruningnet()
         self._begin()
+        found = teachers.teachers(self)  # the base network must be trained; an assistant is trained here
         model = self.winner_model(config)
         path = self.finetune_path(config)
         result = train(
             model, lambda x, step: model(x), data.train, data.normalizer, self.cfg.finetune, seed=self.cfg.seed,
             checkpoint=path, flip=self.cfg.data.flip, device=self.device, desc="finetune", progress=self.cfg.progress,
-            meta=self.meta(FINETUNE, config),
+            meta=self.meta(FINETUNE, config), loss_fn=teachers.loss_for(self, found),
         )  # fmt: skip
         cost = ss.count(self.space, config)
-        test = fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, self.device)
+        student_top1 = self.test_top1(model)
         summary = {
-            "top1": top1(model, test),
+            "top1": student_top1,
             "flops": cost.flops,
             "params": cost.params,
             "config": list(config),
@@ -478,6 +509,8 @@ class Run:
             "checkpoint": str(path.relative_to(self.dir)),
         }
         self._update_summary("finetune", summary)
+        if found is not None:
+            self._update_summary("distill", {**teachers.report(self, found, student_top1), "config": list(config)})
         return summary
 
     def _finetune_top_k(self) -> dict[str, Any]:
@@ -490,6 +523,7 @@ class Run:
         inherit = self.cfg.finetune.init == "inherit"
         scorer = self.scorer() if inherit else None
         self._begin()
+        found_teachers = teachers.teachers(self)
         candidates = [
             tune.Candidate(f"trial-{c.trial}", c.config, scorer.subnet(c.config).cpu().state_dict() if scorer else None)
             for c in chosen
@@ -499,6 +533,10 @@ class Run:
             self.space.to_dict(), data.train, data.val, data.normalizer, self.cfg.finetune, self.cfg.data.flip, self.cfg.seed,
             "cpu" if self.device.type == "cpu" else "auto", self.cfg.score.eval_batch_size,
         )  # fmt: skip
+        if found_teachers is not None:  # each trial distills from the same teachers, shipped as torch.export programs
+            example = data.normalizer(data.train.images[:2])
+            spec.teachers = [to_program(model, example) for model in found_teachers.models]
+            spec.teacher_weights, spec.distill = found_teachers.weights, self.cfg.distill
         identity = {**self.meta(FINETUNE, ()), "study": name, "candidates": [list(c.config) for c in chosen],
                     "asha": [self.cfg.finetune.grace_epochs, self.cfg.finetune.reduction_factor]}  # fmt: skip
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
@@ -512,9 +550,9 @@ class Run:
         model = ss.build_subnet(self.space, survivor.config).to(self.device)
         _load_weights(model, load_trained_weights(path), path)
         cost = ss.count(self.space, survivor.config)
-        test = fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, self.device)
+        student_top1 = self.test_top1(model)
         summary = {
-            "top1": top1(model, test),
+            "top1": student_top1,
             "flops": cost.flops,
             "params": cost.params,
             "config": list(survivor.config),
@@ -536,6 +574,9 @@ class Run:
             },
         }
         self._update_summary("finetune", summary)
+        if found_teachers is not None:
+            distilled = teachers.report(self, found_teachers, student_top1)
+            self._update_summary("distill", {**distilled, "config": summary["config"]})
         return summary
 
     def export(self) -> dict[str, Any]:
@@ -575,6 +616,8 @@ class Run:
         return summary
 
     def pipeline(self) -> dict[str, Any]:
+        if self.cfg.distill.teacher == "base":
+            self.train_base()
         self.train_pruningnet()
         self.search()
         self.finetune()

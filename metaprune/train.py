@@ -55,6 +55,7 @@ def step_seed(seed: int, step: int) -> int:
 
 
 Forward = Callable[[torch.Tensor, int], torch.Tensor]  # (normalised batch, step) -> logits
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, batch, labels) -> loss, e.g. distillation
 
 
 @dataclass
@@ -79,13 +80,15 @@ def train(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     until_step: int | None = None,
+    loss_fn: Loss | None = None,
 ) -> TrainResult:
     """Train `model` with SGD; resume from `checkpoint` if it exists, save there as it goes.
 
     `meta` (the settings the result depends on) is stored in every checkpoint; the caller checks
     it with `checkpoint_header` before resuming. `until_step` stops early (with a checkpoint) at
     that step of the full run, whose learning-rate schedule is kept: calling again with a later
-    `until_step` continues exactly as one uninterrupted call would.
+    `until_step` continues exactly as one uninterrupted call would. `loss_fn` replaces the
+    cross-entropy (with `cfg.label_smoothing`), e.g. by a distillation loss.
     """
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -111,7 +114,8 @@ def train(
         generator = torch.Generator().manual_seed(step_seed(seed, step))
         images = augment(data.images[batches[index]], generator, flip)
         x, y = normalizer(images).to(device), data.labels[batches[index]].to(device)
-        loss = F.cross_entropy(forward(x, step), y, label_smoothing=cfg.label_smoothing)
+        logits = forward(x, step)
+        loss = loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

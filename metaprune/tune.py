@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from metaprune.data import ImageData, Normalizer
+from metaprune.distill import DistillConfig, DistillLoss, from_program
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_json, safe_torch_load
 from metaprune.score import fixed_batches, top1
@@ -73,6 +74,9 @@ class TuneSpec:
     seed: int = 0  # batch order, augmentation and scratch init: a trial is reproducible
     device: str = "auto"  # auto: one GPU per trial where the cluster has GPUs | cpu
     eval_batch_size: int = 500  # images per validation batch
+    teachers: list[bytes] = field(default_factory=list)  # distillation: torch.export programs (metaprune.distill.to_program)
+    teacher_weights: list[float] | None = None  # of the teachers' soft targets (None: equal)
+    distill: DistillConfig | None = None  # alpha and temperature of distillation (None: plain cross-entropy)
 
 
 @dataclass
@@ -129,6 +133,13 @@ def tune_finetune(
             ray.shutdown()
 
 
+def _distill_loss(spec: TuneSpec, device: str) -> DistillLoss | None:
+    if spec.distill is None or not spec.teachers:
+        return None
+    models = [from_program(data).to(device) for data in spec.teachers]
+    return DistillLoss(models, spec.distill, spec.teacher_weights, spec.optim.label_smoothing)
+
+
 def _check_arguments(candidates: list[Candidate], spec: TuneSpec, grace_epochs: int, reduction_factor: int) -> None:
     names = [c.name for c in candidates]
     if not candidates or len(set(names)) != len(names):
@@ -165,11 +176,13 @@ def _run_trial(
         history = _resume_into(Path(work))  # the weights then come from the checkpoint
         weights = None if history or initial[candidate.name] is None else ray.get(initial[candidate.name])
         model = _initial_model(SearchSpace.from_dict(spec.space), candidate.config, weights, spec.seed).to(device)
+        loss_fn = _distill_loss(spec, device)
         for epoch in range(len(history) + 1, spec.optim.epochs + 1):
             train(
                 model, lambda x, step: model(x), spec.train, spec.normalizer, spec.optim, seed=spec.seed,
                 checkpoint=Path(work) / WEIGHTS_FILE, flip=spec.flip, device=device, progress=False,
                 meta={"candidate": candidate.name, "config": list(candidate.config)}, until_step=epoch * steps_per_epoch,
+                loss_fn=loss_fn,
             )  # fmt: skip
             history.append(top1(model, validation))
             atomic_write_json(Path(work) / "history.json", history)
@@ -380,6 +393,9 @@ def _fingerprint(candidates: list[Candidate], spec: TuneSpec, grace_epochs: int,
         "optim": asdict(spec.optim),
         "flip": spec.flip,
         "seed": spec.seed,
+        "teachers": [hashlib.sha1(data).hexdigest() for data in spec.teachers],
+        "teacher_weights": spec.teacher_weights,
+        "distill": None if spec.distill is None else asdict(spec.distill),
         "grace_epochs": grace_epochs,
         "reduction_factor": reduction_factor,
     }

@@ -32,6 +32,8 @@ FAST = [
     "search.generations=3",
     "finetune.epochs=1",
     "finetune.batch_size=32",
+    "base.epochs=1",
+    "base.batch_size=32",
 ]
 
 torch.set_num_threads(1)
