@@ -19,6 +19,7 @@ import yaml
 
 from metaprune.distill import DistillConfig
 from metaprune.errors import UserError
+from metaprune.latency import LatencyConfig
 from metaprune.score import ScoreConfig
 from metaprune.train import OptimConfig
 from nas.evolution import EvolutionConfig
@@ -67,6 +68,7 @@ class SearchSection(EvolutionConfig):
     workers: int = 2  # Ray actors scoring candidates (executor=ray)
     ray_address: str = ""  # join this Ray cluster (executor=ray); empty: RAY_ADDRESS if set, else start Ray locally
     storage: str = ""  # Optuna storage URL for the studies (e.g. postgresql://...); empty: RUN_DIR/study.journal
+    max_latency_ms: float = 0.0  # > 0: also a latency budget, predicted by a per-layer table measured here (section latency)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class RunConfig:
     search: SearchSection = field(default_factory=SearchSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,6 +242,11 @@ def validate(cfg: RunConfig) -> None:
 
     _require(search.searcher in SEARCHERS, "search.searcher", search.searcher, f"one of {', '.join(SEARCHERS)}")
     _require(search.batch >= 1, "search.batch", search.batch, ">= 1")
+    lat = search.max_latency_ms
+    _require(lat >= 0 and math.isfinite(lat), "search.max_latency_ms", lat, ">= 0 (0 = no latency budget)")
+    for key in ("batch", "threads", "runs"):
+        _require(getattr(cfg.latency, key) >= 1, f"latency.{key}", getattr(cfg.latency, key), ">= 1")
+    _require(cfg.latency.warmup >= 0, "latency.warmup", cfg.latency.warmup, ">= 0")
     _require(search.executor in ("inprocess", "ray"), "search.executor", search.executor, "inprocess or ray")
     _require(search.workers >= 1, "search.workers", search.workers, ">= 1")
     if search.searcher == "nsga2":

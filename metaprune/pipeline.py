@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from metaprune.data import ImageData, Normalizer, load_dataset, split
 from metaprune.distill import to_program
 from metaprune.errors import UserError
 from metaprune.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from metaprune.latency import LatencyTable
 from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
@@ -77,6 +78,8 @@ class Pick:
 
 class Run:
     """One run directory. Construct it (validates everything), then call the stages."""
+
+    _lock_file: IO[str] | None = None  # held open while this process owns the run directory
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None) -> None:
         validate(cfg)
@@ -197,6 +200,8 @@ class Run:
         for key in ("executor", "workers", "ray_address", "storage"):
             del search[key]
         search["window"] = list(self.search_window)
+        if search["max_latency_ms"] > 0:  # the budget's meaning depends on what the table measures
+            search["latency"] = {"batch": self.cfg.latency.batch, "threads": self.cfg.latency.threads}
         return search
 
     def study_name(self) -> str:
@@ -204,7 +209,9 @@ class Run:
         digest = hashlib.sha1(json.dumps(self.search_settings(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.study_prefix}{self.cfg.search.searcher}-{digest}"
 
-    def study(self, writable: bool, directions: list[StudyDirection] | None = None) -> StudyRecord:
+    def study(
+        self, writable: bool, directions: list[StudyDirection] | None = None, latency: LatencyTable | None = None
+    ) -> StudyRecord:
         search = self.search_settings()
         attrs = {"searcher": search["searcher"], "search": search, "window": search["window"]}
         return self._guard(
@@ -217,6 +224,8 @@ class Run:
                 directions or [StudyDirection.MAXIMIZE],
                 attrs,
                 self.search_window,
+                latency.predict if latency is not None else None,
+                self.cfg.search.max_latency_ms,
             )  # fmt: skip
         )
 
@@ -383,11 +392,13 @@ class Run:
         self._check_ray_address()
         self._begin()
         search = self.cfg.search
+        table = self.latency_table() if search.max_latency_ms > 0 else None
+        feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
         try:
-            searcher = make_searcher(search.searcher, self.space, search, self.search_window, search.batch)
+            searcher = make_searcher(search.searcher, self.space, search, self.search_window, search.batch, feasible)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        record = self.study(writable=True, directions=searcher.directions)  # under the lock: may cut a torn tail
+        record = self.study(writable=True, directions=searcher.directions, latency=table)  # under the lock: may cut a torn tail
         executor = LazyExecutor(lambda: self.executor(spec))  # nothing to score: no Ray started
         try:
             total = search.population * search.generations
@@ -420,10 +431,41 @@ class Run:
             "plot": FRONT_PLOT,
             "timing": timing,
         }
+        if table is not None:
+            summary["latency"] = self._latency_report(table, best, front)
         tuned = self.summary().get("finetune", {})
         keep = tuned.get("config") if tuned.get("tune", {}).get("study") == record.name else None
         self._update_summary("search", summary, winner=best.config, also=keep)
         return summary
+
+    def latency_table(self) -> LatencyTable:
+        """The per-layer latency table of this space on this machine (measured once, kept in the run dir)."""
+        from metaprune.latency import LatencyTable, build_latency_table
+
+        cfg = self.cfg.latency
+        path = self.dir / f"latency_table-b{cfg.batch}-t{cfg.threads}.json"
+        if path.exists():
+            return LatencyTable.load(path, self.space, cfg.batch, cfg.threads)
+        device = "cpu" if self.device.type == "cpu" else "cuda"
+        table = build_latency_table(self.space, cfg.batch, cfg.threads, device, cfg.warmup, cfg.runs, progress=self.cfg.progress)
+        table.save(path)
+        return table
+
+    def _latency_report(self, table: LatencyTable, best: Candidate, front: list[Candidate]) -> dict[str, Any]:
+        """The budget, the winner's predicted latency, and the table checked against measured whole subnets."""
+        from metaprune.latency import lut_accuracy
+
+        device = "cpu" if self.device.type == "cpu" else "cuda"
+        checked = [c.config for c in front[:: max(1, len(front) // 5)]][:5]  # up to 5 points spread along the front
+        check = lut_accuracy(self.space, table, checked, runs=self.cfg.latency.runs, device=device)
+        return {
+            "max_latency_ms": self.cfg.search.max_latency_ms,
+            "batch": table.batch,
+            "threads": table.threads,
+            "device": table.device,
+            "best_predicted_ms": table.predict(best.config),
+            "table_check": {k: check[k] for k in ("mape_pct", "max_error_pct", "kendall_tau", "configs")},
+        }
 
     def candidates(self) -> tuple[str, list[Candidate]]:
         """The study of the last search and its measured candidates (read only)."""

@@ -32,15 +32,22 @@ class EvolutionConfig:
 
 
 class Proposer:
-    """Draws new candidates: unseen and inside the FLOPs window, with a bounded number of tries."""
+    """Draws new candidates: unseen, inside the FLOPs window and passing `feasible` (e.g. a latency
+    budget), with a bounded number of tries."""
 
-    def __init__(self, space: SearchSpace, rng: np.random.Generator, min_flops: float, max_flops: float) -> None:
+    def __init__(
+        self, space: SearchSpace, rng: np.random.Generator, min_flops: float, max_flops: float,
+        feasible: Callable[[Config], bool] | None = None,
+    ) -> None:  # fmt: skip
         self.space, self.rng = space, rng
         self.min_flops, self.max_flops = min_flops, max_flops
+        self.feasible = feasible
         self.seen: set[Config] = set()
 
     def accept(self, config: Config) -> bool:
         if config in self.seen or not self.min_flops <= ss.flops(self.space, config) <= self.max_flops:
+            return False
+        if self.feasible is not None and not self.feasible(config):
             return False
         self.seen.add(config)
         return True

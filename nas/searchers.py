@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import optuna
@@ -30,6 +31,7 @@ from nas.study import Candidate, Pending, StudyRecord, distributions
 from search_spaces import Config, SearchSpace
 
 SEARCHERS = ("evolution", "tpe", "nsga2", "random")
+Feasible = Callable[[Config], bool]
 
 
 class Searcher(ABC):
@@ -52,10 +54,12 @@ def derived_seed(seed: int, number: int) -> int:
 class _Replayed(Searcher):
     """Searchers with their own RNG: asks go through `record.ask_config`, which answers replays."""
 
-    def __init__(self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float]) -> None:
+    def __init__(
+        self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], feasible: Feasible | None = None
+    ) -> None:
         self.space, self.cfg, self.window = space, cfg, window
         self.rng = np.random.default_rng(cfg.seed)
-        self.proposer = Proposer(space, self.rng, *window)
+        self.proposer = Proposer(space, self.rng, *window, feasible)
         self.round = 0
 
     def random_config(self) -> Config:
@@ -65,8 +69,9 @@ class _Replayed(Searcher):
         if self.round == 0 and not configs:
             low, high = self.window
             raise ValueError(
-                f"no configuration found with FLOPs in [{low:,.0f}, {high:,.0f}] after bounded random draws; "
-                "widen the window (search.min_flops, search.max_flops)"
+                f"no configuration found with FLOPs in [{low:,.0f}, {high:,.0f}]"
+                f"{' within the latency budget' if self.proposer.feasible else ''} after bounded random draws; "
+                "widen the window (search.min_flops, search.max_flops) or raise search.max_latency_ms"
             )
         self.round += 1
         return [record.ask_config(config) for config in configs]
@@ -75,8 +80,10 @@ class _Replayed(Searcher):
 class Evolution(_Replayed):
     """The paper's search: keep the best `population`, breed from the top `parents` each generation."""
 
-    def __init__(self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float]) -> None:
-        super().__init__(space, cfg, window)
+    def __init__(
+        self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], feasible: Feasible | None = None
+    ) -> None:
+        super().__init__(space, cfg, window, feasible)
         self.top: list[Candidate] = []
 
     def ask(self, record: StudyRecord) -> list[Pending]:
@@ -97,8 +104,11 @@ class Evolution(_Replayed):
 class RandomSearch(_Replayed):
     """Uniform random configurations inside the FLOPs window, `batch` per round."""
 
-    def __init__(self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], total: int, batch: int) -> None:
-        super().__init__(space, cfg, window)
+    def __init__(
+        self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], total: int, batch: int,
+        feasible: Feasible | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(space, cfg, window, feasible)
         self.total, self.batch, self.asked_count = total, batch, 0
 
     def ask(self, record: StudyRecord) -> list[Pending]:
@@ -164,13 +174,21 @@ class OptunaSearch(Searcher):
         return resumed + fresh
 
 
-def make_searcher(name: str, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], batch: int) -> Searcher:
-    """The searcher `name`; all propose population x generations trials in total."""
+def make_searcher(
+    name: str, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], batch: int,
+    feasible: Feasible | None = None,
+) -> Searcher:  # fmt: skip
+    """The searcher `name`; all propose population x generations trials in total.
+
+    `feasible` is a further constraint besides the FLOPs window (a latency budget): evolution and
+    random never propose a configuration that fails it; TPE and NSGA-II see it as an Optuna
+    constraint set by the study record.
+    """
     total = cfg.population * cfg.generations
     if name == "evolution":
-        return Evolution(space, cfg, window)
+        return Evolution(space, cfg, window, feasible)
     if name == "random":
-        return RandomSearch(space, cfg, window, total, batch)
+        return RandomSearch(space, cfg, window, total, batch, feasible)
     if name == "tpe":
         return OptunaSearch("tpe", space, cfg.seed, total, batch, cfg.population)
     if name == "nsga2":

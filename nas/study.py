@@ -18,7 +18,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,8 +204,10 @@ class StudyRecord:
     def __init__(
         self, storage: Storage, name: str, prefix: str, space: SearchSpace, meta: dict[str, Any],
         directions: list[StudyDirection], attrs: dict[str, Any], window: tuple[float, float],
+        latency: Callable[[Config], float] | None = None, max_latency_ms: float = 0.0,
     ) -> None:  # fmt: skip
         self.storage, self.name, self.space, self.window = storage, name, space, window
+        self.latency, self.max_latency_ms = latency, max_latency_ms  # a latency budget: predicted ms per config
         self.cache: dict[Config, Candidate] = {}
         for candidate in scored_candidates(storage, space, prefix, meta):
             self.cache.setdefault(candidate.config, candidate)
@@ -266,12 +268,17 @@ class StudyRecord:
         cost = count(self.space, config)
         low, high = self.window
         over, under = cost.flops - high, low - cost.flops
+        late = self.latency(config) - self.max_latency_ms if self.latency is not None else 0.0
         if fresh:
             trial.set_constraint("flops_over_budget", over)
             trial.set_constraint("flops_under_minimum", under)
+            if self.latency is not None:
+                trial.set_constraint("latency_over_budget", late)
+                trial.set_user_attr("latency_ms", late + self.max_latency_ms)
             trial.set_user_attr("flops", cost.flops)
             trial.set_user_attr("params", cost.params)
-        return Pending(trial, config, cost.flops, cost.params, over <= 0 and under <= 0, self.cache.get(config))
+        feasible = over <= 0 and under <= 0 and late <= 0
+        return Pending(trial, config, cost.flops, cost.params, feasible, self.cache.get(config))
 
     def ask_config(self, config: Config) -> Pending:
         """A trial with the given configuration (the evolutionary and random searchers).

@@ -137,7 +137,7 @@ def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[st
     run_dir = tmp_path / "run"
     shutil.copytree(searched["evolution"], run_dir)
     sets = [f"search.max_flops={BUDGET}", "finetune.top_k=3", "finetune.epochs=2"]
-    for stage in ("finetune", "export"):
+    for stage in ("train-base", "finetune", "export"):  # every trial distils from the base network
         result = cli(stage, run_dir=run_dir, sets=sets, inprocess=True)
         assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -148,3 +148,32 @@ def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[st
     assert survivor["epochs"] == 2 and survivor["val_top1"] == max(t["val_top1"] for t in tuned["trials"] if t["epochs"] == 2)
     assert summary["export"]["config"] == summary["finetune"]["config"] == survivor["config"]
     assert summary["export"]["weights"] == "finetuned" and summary["export"]["reload_max_abs_diff"] == 0.0
+    assert summary["distill"]["teachers"] == ["base"] and summary["distill"]["top1"] == summary["finetune"]["top1"]
+
+
+@pytest.mark.parametrize("searcher", ["evolution", "tpe"])
+def test_latency_budget_is_a_constraint_like_flops(trained_run: Path, tmp_path: Path, searcher: str) -> None:
+    """search.max_latency_ms: priced by the per-layer table before scoring, like FLOPs; nothing over it is scored."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    sets = ["latency.runs=3", "latency.warmup=1", "search.max_latency_ms=1000"]  # first: a budget nothing exceeds
+    assert cli("search", "--searcher", searcher, run_dir=run_dir, sets=sets, inprocess=True).returncode == 0
+    (table_file,) = run_dir.glob("latency_table-b1-t1.json")
+    predicted = sorted(t.user_attrs["latency_ms"] for t in study_trials(run_dir))
+    cap = predicted[len(predicted) // 2]  # then the median: about half the proposals are over it
+    sets[-1] = f"search.max_latency_ms={cap}"
+    result = cli("search", "--searcher", searcher, run_dir=run_dir, sets=sets, inprocess=True)
+    assert result.returncode == 0, result.stderr
+    assert list(run_dir.glob("latency_table-*.json")) == [table_file]  # measured once, reused
+    summary = json.loads((run_dir / "summary.json").read_text())["search"]
+    assert summary["latency"]["max_latency_ms"] == cap and summary["latency"]["best_predicted_ms"] <= cap
+    assert summary["latency"]["table_check"]["configs"] and summary["latency"]["table_check"]["mape_pct"] >= 0
+    trials = study_trials(run_dir)
+    for trial in trials:
+        ok = trial.user_attrs["latency_ms"] <= cap and trial.constraints["flops_over_budget"] <= 0
+        assert (trial.constraints["latency_over_budget"] <= 0) == (trial.user_attrs["latency_ms"] <= cap)
+        assert trial.user_attrs["status"] in (("scored", "reused") if ok else ("infeasible",))
+    if searcher == "evolution":  # evolution never proposes what the table prices over the budget
+        assert all(t.user_attrs["latency_ms"] <= cap for t in trials)
+    else:  # TPE proposes freely and learns from the constraint
+        assert any(t.user_attrs["status"] == "infeasible" for t in trials)
