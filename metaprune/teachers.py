@@ -190,4 +190,3 @@ def check_teacher_fits(run: Run, model: nn.Module, name: str) -> None:
         ) from None
     if out.shape != (len(x), classes):
         raise UserError(f"teacher {name} gives outputs of shape {tuple(out.shape)}, expected ({len(x)}, {classes}) logits")
-
