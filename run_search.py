@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""metaprune command line: train a PruningNet, search a FLOPs budget, fine-tune (distilled) and export the winner.
+"""metaprune command line: train a PruningNet, search a FLOPs budget, fine-tune (distilled), quantize and export the winner.
 
 With no arguments it runs the whole quickstart (handwritten digits bundled with scikit-learn,
 ResNet-20, half the FLOPs) on the CPU in a few minutes and prints where the results are.
@@ -15,12 +15,15 @@ from pathlib import Path
 from metaprune.errors import UserError
 
 STAGE_HELP = {
-    "pipeline": "run every stage in order: train-base, train-pruningnet, search, finetune (distilled), export (the default)",
+    "pipeline": "run every stage: train-base, train-pruningnet, search, finetune (distilled), quantize, export (the default)",
     "train-base": "train the original full network (the teacher of distillation, the reference); resumes from its checkpoint",
     "train-pruningnet": "train the PruningNet (one random configuration per mini-batch); resumes from its checkpoint",
     "search": "search under the FLOPs budget (--searcher), scoring candidates with the trained PruningNet (--executor)",
     "finetune": "train the search winner, or the point --trial / --max-flops picks, and report test top-1",
-    "export": "write the fine-tuned winner (or the point --trial / --max-flops picks) as architecture.json + weights.pt",
+    "quantize": "INT8 (ONNX Runtime static QDQ; QAT when it loses > quantize.max_drop), bf16/fp16, low-bit weights: "
+    "top-1, size, latency",
+    "export": "write the fine-tuned winner (or the point --trial / --max-flops picks): architecture.json + weights.pt, "
+    "model.onnx, model.pt2 and (after quantize) model.int8.onnx",
 }
 
 EPILOG = """\
@@ -90,11 +93,11 @@ def _add_common(parser: argparse.ArgumentParser, default: str) -> None:
         parser.add_argument(flag, metavar=key.split(".")[-1].upper(), default=default, help=text)
     parser.add_argument(
         "--trial", type=int, metavar="N", default=default,
-        help="finetune/export: use trial N of the last search (see summary.json search.pareto) instead of the best",
+        help="finetune/quantize/export: use trial N of the last search (see summary.json search.pareto) instead of the best",
     )  # fmt: skip
     parser.add_argument(
         "--max-flops", type=float, metavar="X", default=default,
-        help="finetune/export: use the best scored point with FLOPs <= X (<= 1: a fraction of the full model)",
+        help="finetune/quantize/export: use the best scored point with FLOPs <= X (<= 1: a fraction of the full model)",
     )  # fmt: skip
 
 
@@ -115,9 +118,10 @@ def run(argv: list[str]) -> int:
     cfg = load_config(config_file, overrides)
     run_dir = Path(getattr(args, "run_dir", None) or Path("runs") / cfg.name)
     pick = Pick(getattr(args, "trial", None), getattr(args, "max_flops", None))
-    if (pick.trial is not None or pick.max_flops is not None) and stage not in ("finetune", "export"):
+    if (pick.trial is not None or pick.max_flops is not None) and stage not in ("finetune", "quantize", "export"):
         raise UserError(
-            f"--trial and --max-flops choose a point for finetune or export, not for {stage}; run `finetune` or `export`"
+            f"--trial and --max-flops choose a point for finetune, quantize or export, not for {stage}; "
+            "run `finetune`, `quantize` or `export`"
         )
     if pick.max_flops is not None and not pick.max_flops >= 0:
         raise UserError(f"--max-flops must be >= 0 (a fraction <= 1 or absolute FLOPs), got {pick.max_flops:g}")
@@ -125,7 +129,8 @@ def run(argv: list[str]) -> int:
         raise UserError("give either --trial or --max-flops, not both")
     pipeline = Run(cfg, run_dir, pick)
     method = {"pipeline": pipeline.pipeline, "train-base": pipeline.train_base, "train-pruningnet": pipeline.train_pruningnet,
-              "search": pipeline.search, "finetune": pipeline.finetune, "export": pipeline.export}[stage]  # fmt: skip
+              "search": pipeline.search, "finetune": pipeline.finetune, "quantize": pipeline.quantize,
+              "export": pipeline.export}[stage]  # fmt: skip
     try:
         result = method()
     finally:

@@ -17,6 +17,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from metaprune.compress import CompressConfig
+from metaprune.deploy import QuantizeConfig
 from metaprune.distill import DistillConfig
 from metaprune.errors import UserError
 from metaprune.latency import LatencyConfig
@@ -98,6 +100,8 @@ class RunConfig:
     search: SearchSection = field(default_factory=SearchSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +233,10 @@ def validate(cfg: RunConfig) -> None:
     _require(1 <= ft.grace_epochs <= ft.epochs, "finetune.grace_epochs", ft.grace_epochs, "in [1, finetune.epochs]")
     _require(ft.reduction_factor >= 2, "finetune.reduction_factor", ft.reduction_factor, ">= 2")
     _check_distill(cfg.distill)
+    _check_quantize(cfg.quantize)
+    from metaprune.compress import check_compress_config
+
+    check_compress_config(cfg.compress)
     _require(cfg.score.calib_batch_size >= 2, "score.calib_batch_size", cfg.score.calib_batch_size, ">= 2")
     _require(
         cfg.score.calib_images >= cfg.score.calib_batch_size,
@@ -275,6 +283,20 @@ def _check_distill(cfg: DistillConfig) -> None:
     _require(0 <= cfg.assistant_width < 1, "distill.assistant_width", cfg.assistant_width, "in [0, 1) (0 = no assistant)")
     teachers = teacher_paths(cfg)
     parse_weights(cfg.teacher_weights, max(1, len(teachers)))
+
+
+def _check_quantize(cfg: QuantizeConfig) -> None:
+    from metaprune.deploy import CALIBRATION_METHODS
+
+    _require(cfg.calib_images >= 1, "quantize.calib_images", cfg.calib_images, ">= 1")
+    methods = ", ".join(CALIBRATION_METHODS)
+    _require(cfg.calibration in CALIBRATION_METHODS, "quantize.calibration", cfg.calibration, f"one of {methods}")
+    _require(cfg.max_drop >= 0 and math.isfinite(cfg.max_drop), "quantize.max_drop", cfg.max_drop, ">= 0 (top-1 points)")
+    _require(cfg.qat_epochs >= 1, "quantize.qat_epochs", cfg.qat_epochs, ">= 1")
+    _require(cfg.qat_lr > 0 and math.isfinite(cfg.qat_lr), "quantize.qat_lr", cfg.qat_lr, "a positive number")
+    _require(cfg.qat_batch_size >= 2, "quantize.qat_batch_size", cfg.qat_batch_size, ">= 2")
+    _require(cfg.batch >= 1, "quantize.batch", cfg.batch, ">= 1")
+    _require(cfg.threads >= 0, "quantize.threads", cfg.threads, ">= 0 (0 = one per core)")
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

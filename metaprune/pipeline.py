@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,7 +29,7 @@ from metaprune.config import RunConfig, dump_config, validate
 from metaprune.data import ImageData, Normalizer, load_dataset, split
 from metaprune.distill import to_program
 from metaprune.errors import UserError
-from metaprune.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from metaprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from metaprune.latency import LatencyTable
 from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
@@ -66,6 +65,14 @@ class Prepared:
     val: ImageData
     test: ImageData
     normalizer: Normalizer
+
+
+@dataclass
+class Chosen:
+    candidate: Candidate  # the point of the search
+    model: torch.nn.Module  # on the CPU, eval mode
+    weights: str  # finetuned | generated
+    checkpoint: Path | None  # the fine-tune checkpoint the weights come from
 
 
 @dataclass
@@ -621,41 +628,35 @@ class Run:
             self._update_summary("distill", {**distilled, "config": summary["config"]})
         return summary
 
-    def export(self) -> dict[str, Any]:
-        """Write the chosen point as weights + architecture JSON, reload it from those alone, compare.
-
-        Its fine-tuned weights when a fine-tune of it finished, else its generated weights with
-        re-estimated BN (any point of the front, at once). A picked point goes to export/trial-N/.
-        """
+    def chosen_model(self) -> Chosen:
+        """The chosen point (`pick`, else the winner) as a model: its fine-tuned weights when a
+        fine-tune of it finished, else its generated weights with re-estimated BN."""
         chosen = self.choice()
-        config = chosen.config
-        path = self.finetune_path(config)
+        path = self.finetune_path(chosen.config)
         weights = load_trained_weights(path) if path.exists() else None  # an unfinished fine-tune is refused
         if weights is None:
-            self._require_pruningnet()
-        self._begin()
-        model: torch.nn.Module = ss.build_subnet(self.space, config)
-        if weights is None:
-            model = self.scorer().subnet(config)
-        else:
-            _load_weights(model, weights, path)
-        out = self.dir / "export"
-        picked = self.pick.trial is not None or self.pick.max_flops is not None
-        if picked:
-            out = out / f"trial-{chosen.trial}"
-        classes = self.splits.train.classes
-        summary = export_model(model.eval(), self.space, config, self.prepared.normalizer, classes, out)
-        summary["weights"] = "finetuned" if weights is not None else "generated"
-        if picked:  # exports of other points are listed beside the winner's
-            self._update_summary("exports", {**self.summary().get("exports", {}), out.name: {**summary, "config": list(config)}})
-        else:
-            self._update_summary("export", {**summary, "config": list(config)})
-        if weights is None:
-            print(
-                "note: exported generated weights (not fine-tuned); `run_search.py finetune` with the same choice trains them",
-                file=sys.stderr,
-            )
-        return summary
+            return Chosen(chosen, self.scorer().subnet(chosen.config).cpu().eval(), "generated", None)
+        model: torch.nn.Module = ss.build_subnet(self.space, chosen.config)
+        _load_weights(model, weights, path)
+        return Chosen(chosen, model.eval(), "finetuned", path)
+
+    @property
+    def picked(self) -> bool:
+        return self.pick.trial is not None or self.pick.max_flops is not None
+
+    def quantize(self) -> dict[str, Any]:
+        """INT8 (ONNX Runtime, static QDQ; QAT if it loses too much), half precision, low-bit weights:
+        accuracy, size and measured latency of each beside FP32."""
+        from metaprune import shipping
+
+        return shipping.quantize(self)
+
+    def export(self) -> dict[str, Any]:
+        """Write the chosen point as architecture JSON + weights, ONNX, a torch.export program and
+        (after `quantize`) the INT8 ONNX; each is reloaded and compared. A picked point goes to export/trial-N/."""
+        from metaprune import shipping
+
+        return shipping.export(self)
 
     def pipeline(self) -> dict[str, Any]:
         if self.cfg.distill.teacher == "base":
@@ -663,6 +664,7 @@ class Run:
         self.train_pruningnet()
         self.search()
         self.finetune()
+        self.quantize()
         self.export()
         return self.summary()
 
@@ -681,22 +683,6 @@ def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path
         raise UserError(
             f"{path} does not fit this model ({str(exc).splitlines()[0]}); delete it or use a new --run-dir"
         ) from None
-
-
-def export_model(
-    model: torch.nn.Module, space: ss.SearchSpace, config: ss.Config, normalizer: Normalizer, classes: list[str], out: Path
-) -> dict[str, Any]:
-    """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs."""
-    inputs = {"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std}
-    cost = ss.count(space, config)
-    arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
-    atomic_torch_save(out / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    atomic_write_json(out / "architecture.json", arch)
-    reloaded = ss.load_subnet(out)
-    x = torch.randn(4, space.in_channels, space.resolution, space.resolution, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
-    return {"files": [str(out / "architecture.json"), str(out / "weights.pt")], "reload_max_abs_diff": diff}
 
 
 def _rank(candidate: Candidate) -> tuple[float, int, int]:

@@ -108,7 +108,7 @@ def test_any_point_of_the_front_exports_without_searching_again(searched: dict[s
     for argv, fragments in [
         (["export", *flags, "--trial", "9999"], ["--trial 9999", "pareto"]),
         (["export", *flags, "--max-flops", "10"], ["--max-flops", "raise it"]),
-        (["search", "--trial", "1"], ["--trial", "finetune or export"]),
+        (["search", "--trial", "1"], ["--trial", "finetune, quantize or export"]),
     ]:
         assert_clean_error(cli(*argv, run_dir=run_dir, sets=sets, inprocess=True), *fragments)
 
