@@ -36,6 +36,7 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     x = torch.randn(3, arch["input"]["channels"], arch["input"]["size"], arch["input"]["size"])
     torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=0)
     assert ss.count(space, space.from_channels(arch["config"])).flops == best["flops"] == arch["flops"]
+    _check_deployables(alone, model, arch, summary, tmp_path)
 
     # a second run of the same command finds everything done and redoes nothing
     again = cli(run_dir=run_dir, inprocess=True)
@@ -53,6 +54,41 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     assert "finetune" not in new and len(list((run_dir / "finetune").iterdir())) == 1
     assert cli("finetune", run_dir=run_dir, sets=[f"search.max_flops={budget}"], inprocess=True).returncode == 0
     assert len(list((run_dir / "finetune").iterdir())) == 2
+
+
+def _check_deployables(alone: Path, model: torch.nn.Module, arch: dict, summary: dict, tmp_path: Path) -> None:
+    """model.onnx runs in ONNX Runtime without this project or torch; model.pt2 with plain torch;
+    both take pixels / 255 and equal the subnet on normalised input. INT8 is smaller and close."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    quantized = summary["quantize"]
+    assert {"fp32_top1", "int8_top1", "fp32_latency_ms", "int8_latency_ms", "fp32_mb", "int8_mb"} <= set(quantized)
+    assert quantized["int8_mb"] < quantized["fp32_mb"] and abs(quantized["fp32_top1"] - quantized["pytorch_top1"]) <= 2
+    assert set(quantized["latency_ms"]) == {"batch_1", "batch_32"} and quantized["onnx_max_abs_diff"] < 1e-4
+    assert {"model.onnx", "model.pt2", "model.int8.onnx"} <= {Path(f).name for f in summary["export"]["files"]}
+    pixels = torch.rand(5, arch["input"]["channels"], arch["input"]["size"], arch["input"]["size"])
+    mean, std = (torch.tensor(arch["input"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        expected = model((pixels - mean) / std)
+    np.save(tmp_path / "x.npy", pixels.numpy())
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "for name in ('model.onnx', 'model.int8.onnx'):\n"
+        "    out = ort.InferenceSession(sys.argv[1] + '/' + name).run(None, {'images': np.load(sys.argv[2])})[0]\n"
+        "    np.save(sys.argv[2] + '.' + name + '.npy', out)\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'metaprune', 'search_spaces')]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(alone), str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    fp32 = torch.from_numpy(np.load(tmp_path / "x.npy.model.onnx.npy"))
+    torch.testing.assert_close(fp32, expected, rtol=0, atol=1e-4)
+    int8 = torch.from_numpy(np.load(tmp_path / "x.npy.model.int8.onnx.npy"))
+    assert (int8 - expected).abs().max() < 0.25 * (expected.max() - expected.min())  # INT8: close, not equal
+    program = torch.export.load(str(alone / "model.pt2")).module()
+    torch.testing.assert_close(program(pixels), expected, rtol=0, atol=1e-5)
 
 
 def assert_clean_error(result, *fragments: str) -> None:
