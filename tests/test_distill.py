@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,10 +87,12 @@ def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_pipeline_distills_from_the_base_then_from_user_teachers_and_an_assistant(tmp_path: Path) -> None:
+def test_stages_distill_from_the_base_then_from_user_teachers_and_an_assistant(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = cli(run_dir=run)  # the pipeline: train-base first, then the winner is distilled from it
-    assert result.returncode == 0, result.stderr
+    shutil.copytree(trained_run, run)
+    for stage in ("train-base", "search", "finetune", "export"):  # the winner is distilled from the base network
+        result = cli(stage, run_dir=run, inprocess=True)
+        assert result.returncode == 0, result.stderr
     summary = _summary(run)
     distill = summary["distill"]
     assert distill["teachers"] == ["base"] and distill["teacher_top1"] == summary["base"]["top1"]
