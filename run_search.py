@@ -68,6 +68,7 @@ SHORTCUTS = {
     "--workers": ("search.workers", "Ray actors scoring candidates with --executor ray (search.workers)"),
     "--ray-address": ("search.ray_address", "join this Ray cluster, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else local)"),
     "--storage": ("search.storage", "Optuna storage URL for the studies (default: RUN_DIR/study.journal)"),
+    "--max-latency-ms": ("search.max_latency_ms", "search: latency budget in ms, predicted by a per-layer table measured here"),
 }
 
 

@@ -91,6 +91,7 @@ class RunConfig:
     seed: int = 0  # seeds training; runs with equal configs and seeds give equal results
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    amp: bool = True  # mixed precision (bf16 autocast) when training on a CUDA GPU; no effect on a CPU
     progress: bool = True  # progress bars on stderr
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)

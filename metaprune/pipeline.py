@@ -130,8 +130,10 @@ class Run:
         data = full["data"]
         data["path"] = str(Path(data["path"]).resolve()) if data["kind"] == "folder" and data["path"] else None
         if artifact == teachers.BASE:
-            return {key: full[key] for key in ("seed", "data", "space")}
+            return {key: full[key] for key in ("seed", "data", "space")} | ({"amp": True} if self.amp else {})
         meta = {key: full[key] for key in ("seed", "data", "space", "pruningnet")}
+        if self.amp:  # mixed-precision training gives other weights (CPU runs never use it)
+            meta["amp"] = True
         if artifact in (RECORD, FINETUNE, teachers.FINETUNE_SETTINGS):
             meta["score"] = full["score"]
         if artifact in (FINETUNE, teachers.FINETUNE_SETTINGS):
@@ -294,6 +296,11 @@ class Run:
         train_part, val = split(train_all, cfg.val_size, cfg.split_seed)
         return Prepared(train_part, val, self.splits.test, Normalizer.fit(train_part.images))
 
+    @property
+    def amp(self) -> bool:
+        """Mixed-precision training: asked for and on a GPU."""
+        return self.cfg.amp and self.device.type == "cuda"
+
     def test_top1(self, model: torch.nn.Module) -> float:
         """Top-1 (%) on the test split: used once per trained model, never to choose one."""
         data = self.prepared
@@ -362,7 +369,7 @@ class Run:
 
         result = train(
             net, forward, data.train, data.normalizer, cfg, seed=self.cfg.seed, checkpoint=self.dir / PRUNINGNET,
-            flip=self.cfg.data.flip, device=self.device, desc="pruningnet", progress=self.cfg.progress,
+            flip=self.cfg.data.flip, device=self.device, desc="pruningnet", progress=self.cfg.progress, amp=self.amp,
             meta=self.meta(PRUNINGNET),
         )  # fmt: skip
         tail = result.losses[-max(1, len(result.losses) // 10) :]
@@ -544,7 +551,7 @@ class Run:
         result = train(
             model, lambda x, step: model(x), data.train, data.normalizer, self.cfg.finetune, seed=self.cfg.seed,
             checkpoint=path, flip=self.cfg.data.flip, device=self.device, desc="finetune", progress=self.cfg.progress,
-            meta=self.meta(FINETUNE, config), loss_fn=teachers.loss_for(self, found),
+            meta=self.meta(FINETUNE, config), loss_fn=teachers.loss_for(self, found), amp=self.amp,
         )  # fmt: skip
         cost = ss.count(self.space, config)
         student_top1 = self.test_top1(model)
@@ -580,7 +587,7 @@ class Run:
         data = self.prepared
         spec = tune.TuneSpec(
             self.space.to_dict(), data.train, data.val, data.normalizer, self.cfg.finetune, self.cfg.data.flip, self.cfg.seed,
-            "cpu" if self.device.type == "cpu" else "auto", self.cfg.score.eval_batch_size,
+            "cpu" if self.device.type == "cpu" else "auto", self.cfg.score.eval_batch_size, amp=self.amp,
         )  # fmt: skip
         if found_teachers is not None:  # each trial distills from the same teachers, shipped as torch.export programs
             example = data.normalizer(data.train.images[:2])

@@ -49,6 +49,7 @@ def train_base(run: Run) -> dict[str, Any]:
     result = train(
         model, lambda x, step: model(x), data.train, data.normalizer, run.cfg.base, seed=run.cfg.seed,
         checkpoint=run.dir / BASE, flip=run.cfg.data.flip, device=run.device, desc="base", progress=run.cfg.progress,
+        amp=run.amp,
         meta=base_meta(run),
     )  # fmt: skip
     summary = {**run.summary().get("base", {}), "top1": run.test_top1(model), "steps": result.steps, "checkpoint": BASE}
@@ -147,7 +148,7 @@ def teachers(run: Run) -> Teachers | None:
     train(
         model, lambda x, step: model(x), data.train, data.normalizer, run.cfg.finetune, seed=run.cfg.seed,
         checkpoint=run.dir / ASSISTANTS / f"assistant-{_digest(found)}.pt", flip=run.cfg.data.flip, device=run.device,
-        desc="assistant", progress=run.cfg.progress, meta=found,
+        desc="assistant", progress=run.cfg.progress, meta=found, amp=run.amp,
         loss_fn=DistillLoss(direct.models, cfg, direct.weights, run.cfg.finetune.label_smoothing),
     )  # fmt: skip
     return Teachers([freeze(model)], ["assistant"], None)

@@ -81,6 +81,7 @@ def train(
     meta: dict[str, Any] | None = None,
     until_step: int | None = None,
     loss_fn: Loss | None = None,
+    amp: bool = False,
 ) -> TrainResult:
     """Train `model` with SGD; resume from `checkpoint` if it exists, save there as it goes.
 
@@ -88,7 +89,9 @@ def train(
     it with `checkpoint_header` before resuming. `until_step` stops early (with a checkpoint) at
     that step of the full run, whose learning-rate schedule is kept: calling again with a later
     `until_step` continues exactly as one uninterrupted call would. `loss_fn` replaces the
-    cross-entropy (with `cfg.label_smoothing`), e.g. by a distillation loss.
+    cross-entropy (with `cfg.label_smoothing`), e.g. by a distillation loss. `amp` on a CUDA device
+    runs forward and loss under bf16 autocast (mixed precision; bf16 keeps FP32's exponent range,
+    so no loss scaling is needed); it is ignored on a CPU, where emulated bf16 is slower.
     """
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -114,8 +117,9 @@ def train(
         generator = torch.Generator().manual_seed(step_seed(seed, step))
         images = augment(data.images[batches[index]], generator, flip)
         x, y = normalizer(images).to(device), data.labels[batches[index]].to(device)
-        logits = forward(x, step)
-        loss = loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x.is_cuda):
+            logits = forward(x, step)
+            loss = loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -77,6 +77,7 @@ class TuneSpec:
     teachers: list[bytes] = field(default_factory=list)  # distillation: torch.export programs (metaprune.distill.to_program)
     teacher_weights: list[float] | None = None  # of the teachers' soft targets (None: equal)
     distill: DistillConfig | None = None  # alpha and temperature of distillation (None: plain cross-entropy)
+    amp: bool = False  # bf16 mixed precision when a trial trains on a GPU
 
 
 @dataclass
@@ -182,7 +183,7 @@ def _run_trial(
                 model, lambda x, step: model(x), spec.train, spec.normalizer, spec.optim, seed=spec.seed,
                 checkpoint=Path(work) / WEIGHTS_FILE, flip=spec.flip, device=device, progress=False,
                 meta={"candidate": candidate.name, "config": list(candidate.config)}, until_step=epoch * steps_per_epoch,
-                loss_fn=loss_fn,
+                loss_fn=loss_fn, amp=spec.amp,
             )  # fmt: skip
             history.append(top1(model, validation))
             atomic_write_json(Path(work) / "history.json", history)
@@ -396,6 +397,7 @@ def _fingerprint(candidates: list[Candidate], spec: TuneSpec, grace_epochs: int,
         "teachers": [hashlib.sha1(data).hexdigest() for data in spec.teachers],
         "teacher_weights": spec.teacher_weights,
         "distill": None if spec.distill is None else asdict(spec.distill),
+        "amp": spec.amp,
         "grace_epochs": grace_epochs,
         "reduction_factor": reduction_factor,
     }
