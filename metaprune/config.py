@@ -293,6 +293,7 @@ def _check_quantize(cfg: QuantizeConfig) -> None:
     methods = ", ".join(CALIBRATION_METHODS)
     _require(cfg.calibration in CALIBRATION_METHODS, "quantize.calibration", cfg.calibration, f"one of {methods}")
     _require(cfg.max_drop >= 0 and math.isfinite(cfg.max_drop), "quantize.max_drop", cfg.max_drop, ">= 0 (top-1 points)")
+    _require(cfg.qat in ("auto", "always", "never"), "quantize.qat", cfg.qat, "auto, always or never")
     _require(cfg.qat_epochs >= 1, "quantize.qat_epochs", cfg.qat_epochs, ">= 1")
     _require(cfg.qat_lr > 0 and math.isfinite(cfg.qat_lr), "quantize.qat_lr", cfg.qat_lr, "a positive number")
     _require(cfg.qat_batch_size >= 2, "quantize.qat_batch_size", cfg.qat_batch_size, ">= 2")

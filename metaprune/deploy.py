@@ -65,6 +65,7 @@ class QuantizeConfig:
     per_channel: bool = True  # one int8 scale per output channel of each weight (else one per tensor)
     reduce_range: bool = True  # 7-bit weights (-64..64): ORT's uint8 x int8 kernels overflow int16 on AVX2 CPUs without VNNI
     max_drop: float = 1.0  # top-1 points INT8 may lose against FP32; above it, quantization-aware training
+    qat: str = "auto"  # auto: QAT when post-training INT8 loses > max_drop | always | never
     qat_epochs: int = 1  # epochs of quantization-aware training (the fallback)
     qat_lr: float = 0.005  # peak learning rate of quantization-aware training (cosine; other settings as the fine-tune's)
     qat_batch_size: int = 64  # images per step of quantization-aware training

@@ -74,7 +74,8 @@ def quantize(run: Run) -> dict[str, Any]:
     fp32_top1 = onnx_top1(fp32)
     ptq_top1 = int8_top1 = onnx_top1(int8)
     method, qat_top1 = "ptq", None
-    if fp32_top1 - ptq_top1 > cfg.max_drop:  # post-training INT8 lost too much: quantization-aware training
+    lost_too_much = fp32_top1 - ptq_top1 > cfg.max_drop
+    if cfg.qat == "always" or (cfg.qat == "auto" and lost_too_much):  # quantization-aware training
         qat = _qat(run, model, calib, work)
         qat_top1 = onnx_top1(qat)
         if qat_top1 > ptq_top1:  # the INT8 artifact is the better of the two
@@ -97,8 +98,15 @@ def quantize(run: Run) -> dict[str, Any]:
         "dynamic_linear_int8": _dynamic(run, fp32, work, onnx_top1),
         "low_bit_weights": _low_bit(run, model),
         "files": {"fp32": str(fp32.relative_to(run.dir)), "int8": str(int8.relative_to(run.dir))},
+        "max_drop_exceeded": fp32_top1 - int8_top1 > cfg.max_drop,
     }
     run._update_summary("quantize", summary)
+    if summary["max_drop_exceeded"]:
+        print(
+            f"warning: INT8 top-1 {int8_top1:.2f}% is more than quantize.max_drop={cfg.max_drop:g} points below FP32 "
+            f"{fp32_top1:.2f}%; try quantize.qat_epochs, more quantize.calib_images, or ship FP32",
+            file=sys.stderr,
+        )
     return summary
 
 
