@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import search_spaces as ss
-from metaprune import deploy
+from metaprune import deploy, qat
 from metaprune.compress import quantize_weights
 from metaprune.data import Normalizer
 from metaprune.io import atomic_torch_save, atomic_write_json
@@ -133,14 +133,14 @@ def _qat(run: Run, model: torch.nn.Module, calib: torch.Tensor, work: Path) -> P
     """Quantization-aware training from the FP32 weights (resumable), exported as INT8 ONNX."""
     cfg, data = run.cfg.quantize, run.prepared
     batches = [data.normalizer(calib[i : i + cfg.qat_batch_size]) for i in range(0, len(calib), cfg.qat_batch_size)]
-    qat = deploy.prepare_qat(model, batches, cfg.reduce_range)
-    optim = deploy.qat_optim_config(cfg, run.cfg.finetune)
+    trainee = qat.prepare_qat(model, batches, cfg.reduce_range)
+    optim = qat.qat_optim_config(cfg, run.cfg.finetune)
     train(
-        qat, lambda x, step: qat(x), data.train, data.normalizer, optim, seed=run.cfg.seed, checkpoint=work / "qat.pt",
+        trainee, lambda x, step: trainee(x), data.train, data.normalizer, optim, seed=run.cfg.seed, checkpoint=work / "qat.pt",
         flip=run.cfg.data.flip, desc="qat", progress=run.cfg.progress, meta={"quantize": run.cfg.to_dict()["quantize"]},
     )  # fmt: skip
     shape = (run.space.in_channels, run.space.resolution, run.space.resolution)
-    return deploy.export_qat_onnx(qat.eval(), data.normalizer, shape, work / "model.qat.onnx")
+    return qat.export_qat_onnx(trainee.eval(), data.normalizer, shape, work / "model.qat.onnx")
 
 
 def _half(run: Run, model: torch.nn.Module) -> dict[str, Any]:

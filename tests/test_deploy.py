@@ -19,6 +19,7 @@ from torch import nn
 
 import search_spaces as ss
 from metaprune import deploy
+from metaprune import qat as qat_training
 from metaprune.config import _field_comments
 from metaprune.data import ImageData, Normalizer, Splits, load_digits
 from metaprune.train import OptimConfig, train
@@ -66,10 +67,10 @@ def int8(trained: Trained) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qat(trained: Trained) -> tuple[deploy.QATNetwork, Path]:
+def qat(trained: Trained) -> tuple[qat_training.QATNetwork, Path]:
     norm = trained.normalizer
-    model = deploy.prepare_qat(trained.net, [norm(trained.calibration)])
-    cfg = deploy.qat_optim_config(deploy.QuantizeConfig(), TRAINING)
+    model = qat_training.prepare_qat(trained.net, [norm(trained.calibration)])
+    cfg = qat_training.qat_optim_config(deploy.QuantizeConfig(), TRAINING)
     train(
         model,
         lambda x, step: model(x),
@@ -80,7 +81,7 @@ def qat(trained: Trained) -> tuple[deploy.QATNetwork, Path]:
         checkpoint=trained.root / "qat.pt",
         progress=False,
     )
-    return model.eval(), deploy.export_qat_onnx(model, norm, SHAPE, trained.root / "qat.onnx")
+    return model.eval(), qat_training.export_qat_onnx(model, norm, SHAPE, trained.root / "qat.onnx")
 
 
 def op_types(path: Path) -> collections.Counter[str]:
@@ -149,13 +150,13 @@ def test_qat_export_holds_qdq_runs_int8_and_keeps_accuracy(trained: Trained, qat
 
 
 def test_qat_folds_every_batchnorm(trained: Trained) -> None:
-    model = deploy.QATNetwork(trained.net)
+    model = qat_training.QATNetwork(trained.net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert sum(isinstance(m, deploy.FakeQuantConv2d) for m in model.modules()) == sum(
+    assert sum(isinstance(m, qat_training.FakeQuantConv2d) for m in model.modules()) == sum(
         isinstance(m, nn.Conv2d) for m in trained.net.modules()
     )
     with pytest.raises(TypeError, match="search_spaces.Network"):
-        deploy.QATNetwork(nn.Sequential(nn.Conv2d(1, 2, 3)))
+        qat_training.QATNetwork(nn.Sequential(nn.Conv2d(1, 2, 3)))
 
 
 def test_dynamic_linear_int8_runs_and_agrees(trained: Trained) -> None:
