@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -76,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds; each times every arm once, in turn")
     parser.add_argument("--runs", type=int, default=20, help="timed calls per arm and round (after a warm-up)")
     parser.add_argument("--sparsity", type=float, default=0.5, help="the unstructured arm's fraction of zeroed weights")
+    parser.add_argument(
+        "--sparse-epochs", type=int, default=0, help="fine-tune epochs of the sparse arm (0: finetune.epochs, as the winner)"
+    )
     parser.add_argument("--torchao", action="store_true", help="also time torchao PT2E INT8 + torch.compile (needs torchao)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline setting")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/deploy_<preset>.json)")
@@ -83,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- the arms' models ---------------------------------------------------------------------------
-def train_arms(run: Run, sparsity: float) -> dict[str, Any]:
+def train_arms(run: Run, sparsity: float, sparse_epochs: int) -> dict[str, Any]:
     """Every pipeline stage the arms need (each resumes), then the unstructured arm."""
     run.train_base()
     run.train_pruningnet()
@@ -91,11 +95,11 @@ def train_arms(run: Run, sparsity: float) -> dict[str, Any]:
     run.finetune()
     quantized = run.quantize()
     full = teachers.base_model(run).cpu().eval()
-    sparse = _sparse_arm(run, full, sparsity)
+    sparse = _sparse_arm(run, full, sparsity, sparse_epochs or run.cfg.finetune.epochs)
     return {"full": full, "pruned": run.chosen_model().model.cpu().eval(), "sparse": sparse, "quantize": quantized}
 
 
-def _sparse_arm(run: Run, full: torch.nn.Module, sparsity: float) -> torch.nn.Module:
+def _sparse_arm(run: Run, full: torch.nn.Module, sparsity: float, epochs: int) -> torch.nn.Module:
     """The full network pruned to `sparsity` by global magnitude, fine-tuned as the winner was
     (same settings, distilled from the full network), with the masks held."""
     model = copy.deepcopy(full).requires_grad_(True)
@@ -104,8 +108,9 @@ def _sparse_arm(run: Run, full: torch.nn.Module, sparsity: float) -> torch.nn.Mo
     data = run.prepared
     with compress.MaskedTraining(model, masks) as masked:
         train(
-            model, masked.wrap(lambda x, step: model(x)), data.train, data.normalizer, run.cfg.finetune, seed=run.cfg.seed,
-            checkpoint=run.dir / f"bench_sparse_{sparsity:g}.pt", flip=run.cfg.data.flip, desc="sparse", progress=True,
+            model, masked.wrap(lambda x, step: model(x)), data.train, data.normalizer,
+            dataclasses.replace(run.cfg.finetune, epochs=epochs), seed=run.cfg.seed,
+            checkpoint=run.dir / f"bench_sparse_{sparsity:g}_{epochs}ep.pt", flip=run.cfg.data.flip, desc="sparse", progress=True,
             meta={"sparsity": sparsity}, loss_fn=loss_fn,
         )  # fmt: skip
     return model.eval()
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None, overrides)
     run = Run(cfg, Path(args.run_dir or ROOT / "runs" / f"bench_deploy_{args.preset}"))
     began = time.perf_counter()
-    trained = train_arms(run, args.sparsity)
+    trained = train_arms(run, args.sparsity, args.sparse_epochs)
     shape = (run.space.in_channels, run.space.resolution, run.space.resolution)
     models = {name: deploy.Deployable(trained[name], run.prepared.normalizer).eval() for name in ("full", "pruned", "sparse")}
     models = {"full_fp32": models["full"], "pruned_fp32": models["pruned"], "sparse_50": models["sparse"]}
@@ -267,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "flops": {"full": run.full.flops, "pruned": run.choice().flops},
         "sparsity_measured": compress.sparsity_of(trained["sparse"]),
+        "sparse_epochs": args.sparse_epochs or cfg.finetune.epochs,
         "latency_ms": lat,
         "top1": top1,
         "size": sizes(models, files),
