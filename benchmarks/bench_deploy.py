@@ -151,8 +151,8 @@ def torchao_arm(model: torch.nn.Module, calib: torch.Tensor, x: torch.Tensor) ->
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
-    for i in range(0, len(calib), 64):
-        prepared(calib[i : i + 64])
+    for i in range(0, len(calib) - len(x) + 1, len(x)):  # the program was exported for this batch size
+        prepared(calib[i : i + len(x)])
     compiled = torch.compile(convert_pt2e(prepared))
     with torch.inference_mode():
         compiled(x)
