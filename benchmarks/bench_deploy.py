@@ -178,9 +178,10 @@ def latencies(models: dict[str, Any], files: dict[str, Path], args: argparse.Nam
 
 
 # -- accuracy and size --------------------------------------------------------------------------
-def accuracies(run: Run, models: dict[str, Any], files: dict[str, Path]) -> dict[str, float]:
+def accuracies(run: Run, subnets: dict[str, Any], files: dict[str, Path]) -> dict[str, float]:
+    """Test top-1 of each plain subnet (normalised input) in PyTorch and of each file in ONNX Runtime (pixels / 255)."""
     data = run.prepared
-    found = {f"pytorch/{name}": run.test_top1(model) for name, model in models.items()}
+    found = {f"pytorch/{name}": run.test_top1(model) for name, model in subnets.items()}
     for name, path in files.items():
         found[f"onnxruntime/{name}"] = deploy.onnx_top1(path, data.test.images, data.test.labels, 256, 0)
     return found
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     files["pruned_int8"] = run.dir / trained["quantize"]["files"]["int8"]
     calib = run.prepared.train.images[:256].float() / 255
     lat = latencies(models, files, args, calib)
-    top1 = accuracies(run, models, files)
+    subnets = {"full_fp32": trained["full"], "pruned_fp32": trained["pruned"], "sparse_50": trained["sparse"]}
+    top1 = accuracies(run, subnets, files)
     results = {
         "preset": args.preset,
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
