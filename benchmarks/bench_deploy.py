@@ -256,14 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     trained = train_arms(run, args.sparsity, args.sparse_epochs)
     shape = (run.space.in_channels, run.space.resolution, run.space.resolution)
-    models = {name: deploy.Deployable(trained[name], run.prepared.normalizer).eval() for name in ("full", "pruned", "sparse")}
-    models = {"full_fp32": models["full"], "pruned_fp32": models["pruned"], "sparse_50": models["sparse"]}
+    subnets = {"full_fp32": trained["full"], "pruned_fp32": trained["pruned"], "sparse_50": trained["sparse"]}
+    models = {name: deploy.Deployable(subnet, run.prepared.normalizer).eval() for name, subnet in subnets.items()}
     onnx_dir = run.dir / "bench_onnx"
     files = {name: deploy.export_onnx(model, shape, onnx_dir / f"{name}.onnx") for name, model in models.items()}
     files["pruned_int8"] = run.dir / trained["quantize"]["files"]["int8"]
     calib = run.prepared.train.images[:256].float() / 255
     lat = latencies(models, files, args, calib)
-    subnets = {"full_fp32": trained["full"], "pruned_fp32": trained["pruned"], "sparse_50": trained["sparse"]}
     top1 = accuracies(run, subnets, files)
     results = {
         "preset": args.preset,

@@ -76,10 +76,10 @@ def quantize(run: Run) -> dict[str, Any]:
     method, qat_top1 = "ptq", None
     lost_too_much = fp32_top1 - ptq_top1 > cfg.max_drop
     if cfg.qat == "always" or (cfg.qat == "auto" and lost_too_much):  # quantization-aware training
-        qat = _qat(run, model, calib, work)
-        qat_top1 = onnx_top1(qat)
+        qat_path = _qat(run, model, calib, work)  # (not `qat`: that names the module)
+        qat_top1 = onnx_top1(qat_path)
         if qat_top1 > ptq_top1:  # the INT8 artifact is the better of the two
-            method, int8, int8_top1 = "qat", qat, qat_top1
+            method, int8, int8_top1 = "qat", qat_path, qat_top1
     summary = {
         "config": list(chosen.candidate.config),
         "weights": chosen.weights,
