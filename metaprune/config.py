@@ -245,6 +245,7 @@ def validate(cfg: RunConfig) -> None:
         cfg.score.calib_images,
         ">= score.calib_batch_size",
     )
+    _require(cfg.score.val_images >= 0, "score.val_images", cfg.score.val_images, ">= 0 (0: the whole validation split)")
     _require(cfg.score.eval_batch_size >= 1, "score.eval_batch_size", cfg.score.eval_batch_size, ">= 1")
     search = cfg.search
     from nas.searchers import SEARCHERS

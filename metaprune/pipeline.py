@@ -136,6 +136,8 @@ class Run:
             meta["amp"] = True
         if artifact in (RECORD, FINETUNE, teachers.FINETUNE_SETTINGS):
             meta["score"] = full["score"]
+            if not full["score"]["val_images"]:  # the whole split, as before the setting existed: old runs resume
+                del meta["score"]["val_images"]
         if artifact in (FINETUNE, teachers.FINETUNE_SETTINGS):
             for key in ("top_k", "grace_epochs", "reduction_factor"):  # choose what is fine-tuned, not how
                 del full["finetune"][key]
@@ -341,8 +343,8 @@ class Run:
             pruningnet=PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine),
             weights=weights,
             calibration=calib.images[:whole],
-            validation_images=data.val.images,
-            validation_labels=data.val.labels,
+            validation_images=data.val.images[: cfg.val_images or None],
+            validation_labels=data.val.labels[: cfg.val_images or None],
             normalizer=data.normalizer,
             score=cfg,
         )

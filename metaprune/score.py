@@ -24,6 +24,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class ScoreConfig:
     calib_images: int = 1000  # training images for BN re-estimation (fixed, no augmentation)
     calib_batch_size: int = 100  # images per re-estimation batch
+    val_images: int = 0  # validation images a candidate is scored on (0: the whole split; fewer is cheaper, noisier)
     eval_batch_size: int = 500  # images per validation batch
 
 

@@ -15,7 +15,7 @@ from search_spaces._build import (
     subnet_from_architecture,
 )
 from search_spaces._count import Cost, count, flops, params
-from search_spaces._ops import check_window, crossover, mutate, repair, sample, sample_within
+from search_spaces._ops import check_window, crossover, mutate, repair, sample, sample_within, uniform, uniform_within
 from search_spaces._registry import Family, create_space, get_family, list_spaces, register_space
 from search_spaces._space import (
     Classifier,
@@ -62,4 +62,6 @@ __all__ = [
     "sample",
     "sample_within",
     "subnet_from_architecture",
+    "uniform",
+    "uniform_within",
 ]

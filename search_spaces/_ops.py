@@ -80,3 +80,32 @@ def crossover(space: SearchSpace, a: Config, b: Config, rng: np.random.Generator
     """Uniform crossover: each gene from either parent with equal probability."""
     a, b = space.validate(a), space.validate(b)
     return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
+
+
+def uniform(space: SearchSpace, scale: float) -> Config:
+    """Uniform width scaling: every gene at the choice nearest `scale` x its base width (from below,
+    the smallest choice at least)."""
+    config = []
+    for gene in space.genes:
+        wanted = gene.base * scale + 1e-9
+        config.append(max([i for i, c in enumerate(gene.choices) if c <= wanted], default=0))
+    return tuple(config)
+
+
+def uniform_within(space: SearchSpace, max_flops: float) -> Config:
+    """The uniformly scaled network with the most FLOPs within `max_flops` (the classic width
+    multiplier baseline at a FLOPs budget). FLOPs grow with the scale, so a bisection finds it;
+    then genes, in order, take one more step while the budget allows, so that the FLOPs match a
+    target closely (rounding to whole channels leaves gaps of several percent otherwise)."""
+    low, high = 0.0, 1.0
+    if flops(space, uniform(space, low)) > max_flops:
+        raise ValueError(f"FLOPs budget {max_flops:,.0f} is below the narrowest uniform network of {space.name!r}")
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if flops(space, uniform(space, middle)) <= max_flops else (low, middle)
+    config = list(uniform(space, low))
+    for i, gene in enumerate(space.genes):
+        grown = config[:i] + [config[i] + 1] + config[i + 1 :]
+        if config[i] + 1 < len(gene.choices) and flops(space, tuple(grown)) <= max_flops:
+            config = grown
+    return tuple(config)
