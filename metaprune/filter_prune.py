@@ -42,13 +42,19 @@ def _modules(space: ss.SearchSpace, model: nn.Module) -> dict[str, nn.Module]:
     return modules
 
 
+def _tensor(modules: dict[str, nn.Module], path: str, name: str) -> torch.Tensor:
+    value = getattr(modules[path], name)
+    assert isinstance(value, torch.Tensor), f"{path}.{name}"
+    return value
+
+
 def channel_ranking(space: ss.SearchSpace, model: nn.Module) -> dict[str, torch.Tensor]:
     """Per gene: the full network's channel indices, largest summed filter L1 norm first (ties: lower index first)."""
     modules = _modules(space, model)
     scores = {gene.name: torch.zeros(gene.base, dtype=torch.float64) for gene in space.genes}
     for path, spec in conv_paths(space):
         if isinstance(spec.out_ch, str):
-            weight = modules[f"{path}.conv"].weight.detach()
+            weight = _tensor(modules, f"{path}.conv", "weight").detach()
             scores[spec.out_ch] += weight.abs().flatten(1).sum(1).double().cpu()
     return {name: torch.argsort(score, descending=True, stable=True) for name, score in scores.items()}
 
@@ -70,21 +76,24 @@ def prune(
     """
     modules = _modules(space, model)
     ranking = channel_ranking(space, model) if ranking is None else ranking
-    subnet = ss.build_subnet(space, config).to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    subnet = ss.build_subnet(space, config).to(device)
     targets = dict(subnet.named_modules())
 
     def keep(width: ss.Width) -> torch.Tensor:
-        return kept_channels(space, config, ranking, width).to(subnet.classifier.weight.device)
+        return kept_channels(space, config, ranking, width).to(device)
+
+    def copy(path: str, name: str, rows: torch.Tensor, columns: torch.Tensor | None = None) -> None:
+        value = _tensor(modules, path, name)[rows]
+        _tensor(targets, path, name).copy_(value if columns is None else value[:, columns])
 
     for path, spec in conv_paths(space):
         out_idx = keep(spec.out_ch)
-        weight = modules[f"{path}.conv"].weight[out_idx]
-        targets[f"{path}.conv"].weight.copy_(weight if spec.depthwise else weight[:, keep(spec.in_ch)])
-        source_bn, target_bn = modules[f"{path}.bn"], targets[f"{path}.bn"]
+        copy(f"{path}.conv", "weight", out_idx, None if spec.depthwise else keep(spec.in_ch))
         for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(target_bn, name).copy_(getattr(source_bn, name)[out_idx])
-        target_bn.num_batches_tracked.copy_(source_bn.num_batches_tracked)
-    source_fc = modules["classifier"]
-    subnet.classifier.weight.copy_(source_fc.weight[:, keep(space.head.in_ch)])
-    subnet.classifier.bias.copy_(source_fc.bias)
+            copy(f"{path}.bn", name, out_idx)
+        _tensor(targets, f"{path}.bn", "num_batches_tracked").copy_(_tensor(modules, f"{path}.bn", "num_batches_tracked"))
+    every_class = torch.arange(space.head.num_classes, device=device)
+    copy("classifier", "weight", every_class, keep(space.head.in_ch))
+    copy("classifier", "bias", every_class)
     return subnet
