@@ -114,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=20, help="timed calls per arm and round (after a warm-up)")
     parser.add_argument("--trust-configs", type=int, default=0, help="configurations of the proxy study (0: the preset's)")
     parser.add_argument("--trust-epochs", type=int, default=0, help="their fine-tune epochs (0: the preset's)")
+    parser.add_argument("--seeds", type=int, default=1, help="fine-tune every arm with this many seeds; top-1 is their mean")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline setting")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/cifar_<preset>.json)")
     return parser.parse_args(argv)
@@ -163,23 +164,31 @@ class Arm:
     note: str = ""
 
 
-def finetune(bench: Bench, run: Run, name: str, arm: Arm) -> torch.nn.Module:
-    """The arm's fine-tune: the run's settings and seed for every arm; distillation only where asked."""
+def finetune(bench: Bench, run: Run, key: str, arm: Arm, seed: int) -> torch.nn.Module:
+    """The arm's fine-tune (`key`: target/arm), from a copy of its network: the run's settings for
+    every arm, seeded with `seed`; distillation only where asked."""
     assert arm.model is not None
-    model = arm.model.to(run.device)
+    model = copy.deepcopy(arm.model).to(run.device)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    meta = {"arm": name, "shapes": shapes, "config": list(arm.config or ()), "finetune": run.meta("finetune").get("finetune")}
+    meta = {
+        "arm": key.split("/")[-1],
+        "shapes": shapes,
+        "config": list(arm.config or ()),
+        "finetune": run.meta("finetune").get("finetune"),
+    }
     meta["distill"] = teachers.identity(run) if arm.distill else None
     meta["init"] = arm.init
+    if seed != run.cfg.seed:
+        meta["seed"] = seed
     digest = hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
     loss_fn = teachers.loss_for(run, teachers.direct_teachers(run)) if arm.distill else None
     data = run.prepared
     bench.timed(
-        f"finetune/{name}",
+        f"finetune/{key}" + (f"/seed{seed}" if seed != run.cfg.seed else ""),
         lambda: train(
-            model, lambda x, step: model(x), data.train, data.normalizer, run.cfg.finetune, seed=run.cfg.seed,
-            checkpoint=bench.dir / "bench" / "arms" / f"{name}-{digest}.pt", flip=run.cfg.data.flip, device=run.device,
-            desc=name, progress=run.cfg.progress, meta=meta, loss_fn=loss_fn,
+            model, lambda x, step: model(x), data.train, data.normalizer, run.cfg.finetune, seed=seed,
+            checkpoint=bench.dir / "bench" / "arms" / f"{key.replace('/', '-')}-{digest}.pt", flip=run.cfg.data.flip,
+            device=run.device, desc=key, progress=run.cfg.progress, meta=meta, loss_fn=loss_fn,
         ),
     )  # fmt: skip
     return model.cpu().eval()
@@ -238,18 +247,21 @@ def arms_at(bench: Bench, run: Run, target: float, nsga: list[Any]) -> dict[str,
 
 
 # -- measuring ------------------------------------------------------------------------------------
-def row(bench: Bench, run: Run, name: str, arm: Arm, model: torch.nn.Module) -> dict[str, Any]:
+def row(bench: Bench, run: Run, key: str, arm: Arm, models: list[torch.nn.Module]) -> dict[str, Any]:
+    """One arm's figures; top-1 is the mean over its fine-tunes with different seeds."""
     example = torch.zeros(1, run.space.in_channels, run.space.resolution, run.space.resolution)
-    flops = peer_pruning.flops_of(model, example)
+    flops = peer_pruning.flops_of(models[0], example)
+    top1 = [run.test_top1(model.to(run.device)) for model in models]
     return {
-        "top1": run.test_top1(model.to(run.device)),
+        "top1": statistics.mean(top1),
+        "top1_by_seed": top1,
         "flops": flops,
         "flops_ratio": flops / run.full.flops,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in models[0].parameters()),
         "init": arm.init,
         "distilled": arm.distill,
         "config": list(arm.config) if arm.config else None,
-        "seconds": bench.seconds(arm.prep_key) + bench.seconds(f"finetune/{name}"),  # what finding and training it took
+        "seconds": bench.seconds(arm.prep_key) + bench.seconds(f"finetune/{key}"),  # finding it and one fine-tune
     }
 
 
@@ -296,9 +308,10 @@ def family(args: argparse.Namespace, name: str, preset: dict[str, Any], root: Pa
                 if arm.model is None:
                     rows[arm_name] = {"skipped": arm.note}
                     continue
-                model = finetune(bench, run, arm_name, arm)
-                rows[arm_name] = row(bench, run, arm_name, arm, model)
                 key = f"{target:g}/{arm_name}"
+                models = [finetune(bench, run, key, arm, run.cfg.seed + s) for s in range(args.seeds)]
+                model = models[0]
+                rows[arm_name] = row(bench, run, key, arm, models)
                 files[key] = deploy.export_onnx(
                     deploy.Deployable(model, run.prepared.normalizer), shape, onnx_dir / f"{key.replace('/', '-')}.onnx"
                 )
@@ -309,9 +322,11 @@ def family(args: argparse.Namespace, name: str, preset: dict[str, Any], root: Pa
             rows["evolution_kd_int8"] = {
                 **rows["evolution_kd"],
                 "top1": deploy.onnx_top1(int8, run.prepared.test.images, run.prepared.test.labels, 256, 0),
-                "int8_top1_drop": None,
+                "top1_by_seed": None,  # the first seed's model, quantized
             }
-            rows["evolution_kd_int8"]["int8_top1_drop"] = rows["evolution_kd"]["top1"] - rows["evolution_kd_int8"]["top1"]
+            rows["evolution_kd_int8"]["int8_top1_drop"] = (
+                rows["evolution_kd"]["top1_by_seed"][0] - rows["evolution_kd_int8"]["top1"]
+            )
             targets[f"{target:g}"] = rows
         latency = latency_ratios(files, args, shape)
     for target, rows in targets.items():
@@ -422,6 +437,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                   title=f"proxy vs fine-tuned ({len(trust['configs'])} configurations)")  # fmt: skip
         right.grid(alpha=0.3)
         right.legend(fontsize=7)
+    fig.suptitle(f"{results['command']}\n{results['machine']}", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -455,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": list(TARGETS),
         "window": WINDOW,
         "families": found,
+        "seeds": args.seeds,
         "seconds": time.perf_counter() - began,
     }
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"cifar_{args.preset}.json")

@@ -136,8 +136,8 @@ class Run:
             meta["amp"] = True
         if artifact in (RECORD, FINETUNE, teachers.FINETUNE_SETTINGS):
             meta["score"] = full["score"]
-            if not full["score"]["val_images"]:  # the whole split, as before the setting existed: old runs resume
-                del meta["score"]["val_images"]
+            if not 0 < full["score"]["val_images"] < self.cfg.data.val_size:  # the whole split: as before the setting
+                del meta["score"]["val_images"]  # existed, so such runs resume
         if artifact in (FINETUNE, teachers.FINETUNE_SETTINGS):
             for key in ("top_k", "grace_epochs", "reduction_factor"):  # choose what is fine-tuned, not how
                 del full["finetune"][key]
