@@ -71,10 +71,11 @@ WINDOW = 0.98  # every arm's FLOPs lie in [WINDOW * target, target] ...
 PEER_TOLERANCE = 0.25
 ARMS = ("evolution", "nsga2", "uniform", "l1_filter", "torch_pruning", "random", "evolution_kd", "evolution_kd_int8")
 PRESETS: dict[str, dict[str, Any]] = {
-    # 130 min on a 2-core machine (shared with a test suite for half of it): ResNet-20 (the cheapest CIFAR network of the paper's kind: 94 s per epoch of
-    # 50k images here; a MobileNetV2 even at half width costs 2.7x as much), 20k training images, 8
-    # epochs for the full network and the PruningNet, 5 for every arm's fine-tune; 96 candidates per
-    # evolution search, scored on 256 + 768 images; 12 configurations in the proxy study
+    # 130 min on a 2-core machine (shared with a test suite for half of it): ResNet-20, the cheapest
+    # CIFAR network of the paper's kind (94 s per epoch of 50k images here; a MobileNetV2 even at half
+    # width costs 2.7x as much); 20k training images, 8 epochs for the full network and the PruningNet,
+    # 5 for every arm's fine-tune; 96 candidates per evolution search, scored on 256 + 768 images;
+    # 12 configurations in the proxy study
     "cpu": {
         "families": ["resnet20"],
         "trust_configs": 12,
