@@ -197,9 +197,8 @@ def finetune(bench: Bench, run: Run, key: str, arm: Arm, seed: int) -> torch.nn.
 
 def searched(bench: Bench, searcher: str, low: float, high: float) -> list[Any]:
     """The candidates of one search in [low, high] FLOPs (fractions of the full network); resumes."""
-    with bench.run(searcher=searcher, min_flops=low, max_flops=high) as run:
-        generations = run.cfg.search.generations * (len(TARGETS) if searcher == "nsga2" else 1)
-        run.cfg.search = dataclasses.replace(run.cfg.search, generations=generations)
+    generations = bench.cfg.search.generations * (len(TARGETS) if searcher == "nsga2" else 1)
+    with bench.run(searcher=searcher, min_flops=low, max_flops=high, generations=generations) as run:
         bench.timed(f"search/{searcher}-{high:g}", run.search)
         return run.candidates()[1]
 
@@ -320,14 +319,14 @@ def family(args: argparse.Namespace, name: str, preset: dict[str, Any], root: Pa
                 files[f"{target:g}/evolution_kd"], onnx_dir / f"{target:g}-int8.onnx", run.prepared.train.images[:512]
             )
             files[f"{target:g}/evolution_kd_int8"] = int8
-            rows["evolution_kd_int8"] = {
-                **rows["evolution_kd"],
-                "top1": deploy.onnx_top1(int8, run.prepared.test.images, run.prepared.test.labels, 256, 0),
-                "top1_by_seed": None,  # the first seed's model, quantized
+            kd = rows["evolution_kd"]
+            int8_top1 = deploy.onnx_top1(int8, run.prepared.test.images, run.prepared.test.labels, 256, 0)
+            rows["evolution_kd_int8"] = {  # the first seed's model, quantized
+                **kd,
+                "top1": int8_top1,
+                "top1_by_seed": None,
+                "int8_top1_drop": kd["top1_by_seed"][0] - int8_top1,
             }
-            rows["evolution_kd_int8"]["int8_top1_drop"] = (
-                rows["evolution_kd"]["top1_by_seed"][0] - rows["evolution_kd_int8"]["top1"]
-            )
             targets[f"{target:g}"] = rows
         latency = latency_ratios(files, args, shape)
     for target, rows in targets.items():

@@ -17,12 +17,11 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 import search_spaces as ss
 from metaprune.latency import kendall_tau
 from metaprune.pipeline import RECORD, Run
-from metaprune.score import Scorer, calibration_images, fixed_batches, top1
+from metaprune.score import Batch, Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import train
 
 # (BN re-estimation images, validation images): about 256, 1,000, 4,000 and 6,000 images per candidate
@@ -38,17 +37,21 @@ def spread_configs(space: ss.SearchSpace, count: int, seed: int) -> list[ss.Conf
     return [ss.sample_within(space, rng, float(edges[i]), float(edges[i + 1])) for i in range(count)]
 
 
-def _scorer(run: Run, calib: int, val: int) -> Scorer:
+def _budget(run: Run, spec: ScorerSpec, calib: int, val: int) -> ScorerSpec:
+    """The run's scorer spec with `calib` BN images (whole batches) and the first `val` validation images."""
     data = run.prepared
     images = calibration_images(data.train, calib, run.cfg.data.split_seed).images
     batch = min(CALIB_BATCH, len(images))
-    whole = len(images) // batch * batch
-    calibration = [data.normalizer(images[i : i + batch]).to(run.device) for i in range(0, whole, batch)]
-    validation = fixed_batches(data.val.subset(torch.arange(min(val, len(data.val)))), data.normalizer, 500, run.device)
-    return Scorer(run.trained_pruningnet(), calibration, validation)
+    return dataclasses.replace(
+        spec,
+        calibration=images[: len(images) // batch * batch],
+        validation_images=data.val.images[:val],
+        validation_labels=data.val.labels[:val],
+        score=dataclasses.replace(spec.score, calib_batch_size=batch),
+    )
 
 
-def finetuned_top1(run: Run, scorer: Scorer, config: ss.Config, epochs: int) -> float:
+def finetuned_top1(run: Run, scorer: Scorer, validation: list[Batch], config: ss.Config, epochs: int) -> float:
     """Validation top-1 of `config` after `epochs` of the run's fine-tune from its generated weights
     (BN re-estimated by the run's scorer); resumable."""
     data = run.prepared
@@ -61,7 +64,7 @@ def finetuned_top1(run: Run, scorer: Scorer, config: ss.Config, epochs: int) -> 
         checkpoint=run.dir / "bench" / "trust" / f"{digest}.pt", flip=run.cfg.data.flip, device=run.device,
         desc="trust fine-tune", progress=run.cfg.progress, meta=meta,
     )  # fmt: skip
-    return top1(model, fixed_batches(data.val, data.normalizer, 500, run.device))
+    return top1(model, validation)
 
 
 def proxy_trust(run: Run, count: int, epochs: int, seed: int) -> dict[str, Any]:
@@ -69,11 +72,12 @@ def proxy_trust(run: Run, count: int, epochs: int, seed: int) -> dict[str, Any]:
     space = run.space
     configs = spread_configs(space, count, seed)
     flops = [ss.flops(space, c) for c in configs]
-    scorer = run.scorer()
-    truth = [finetuned_top1(run, scorer, c, epochs) for c in configs]
+    spec, data = run.scorer_spec(), run.prepared  # the trained PruningNet, loaded once
+    validation = fixed_batches(data.val, data.normalizer, spec.score.eval_batch_size, run.device)
+    truth = [finetuned_top1(run, build_scorer(spec, run.device), validation, c, epochs) for c in configs]
     budgets = []
-    for calib, val in sorted({(min(c, len(run.prepared.train)), min(v, len(run.prepared.val))) for c, v in BUDGETS}):
-        scorer = _scorer(run, calib, val)
+    for calib, val in sorted({(min(c, len(data.train)), min(v, len(data.val))) for c, v in BUDGETS}):
+        scorer = build_scorer(_budget(run, spec, calib, val), run.device)
         proxies, seconds = [], []
         for config in configs:
             began = time.perf_counter()
