@@ -4,6 +4,11 @@ Every conv and the classifier own a generator, Linear(d, hidden) -> ReLU -> Line
 of the full-width weight), fed with that layer's own width scales (channels / full width). The
 generated full-width weight is cropped to the candidate's channels (`W[:out, :in]`). Each conv's
 output keeps one BatchNorm per width choice: statistics of different widths never mix.
+
+`warm_start` starts it from a trained full network put in importance order: every generator's
+output bias becomes the trained weight and its output matrix zero, every per-choice BN the
+trained BN's prefix, so before any training each configuration's generated network is the
+structured-pruned trained network (what `filter_prune.prune` gives).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from search_spaces import Classifier, Config, ConvLayer, Network, SearchSpace, W
 class PruningNetConfig:
     hidden: int = 32  # width of each generator's hidden layer (the paper: 32 or 64)
     bn_affine: bool = False  # per-choice BN with learnable scale/shift; the paper found False stabler
+    # (a warm start needs True: the trained BN's scale and shift are part of the trained function)
 
 
 class _Generator(nn.Module):
@@ -187,13 +193,45 @@ class PruningNet(nn.Module):
         return subnet
 
 
+@torch.no_grad()
+def warm_start(net: PruningNet, ordered: nn.Module) -> None:
+    """Start `net` from `ordered`, the space's full network with its channels in importance order
+    (`metaprune.importance.order_channels`)."""
+    if not net.cfg.bn_affine:
+        raise ValueError("a warm-started PruningNet needs affine per-choice BatchNorms (bn_affine=True)")
+    from metaprune.importance import check_full_weights
+
+    check_full_weights(net.space, ordered.state_dict())
+    sources = dict(ordered.named_modules())
+    for name, module in net.net.named_modules():
+        source = sources.get(name)
+        if isinstance(module, (GeneratedConv2d, GeneratedLinear)):
+            assert isinstance(source, (nn.Conv2d, nn.Linear)), name
+            if tuple(source.weight.shape) != module.generator.shape:
+                raise ValueError(f"{name}.weight has shape {tuple(source.weight.shape)}, expected {module.generator.shape}")
+            module.generator.out.bias.copy_(source.weight.flatten())
+            module.generator.out.weight.zero_()  # generated = trained for every width until it learns otherwise
+        if isinstance(module, GeneratedLinear):
+            assert isinstance(source, nn.Linear) and source.bias is not None, name
+            module.bias.copy_(source.bias)
+        if isinstance(module, ChoiceBatchNorm2d):
+            assert isinstance(source, nn.BatchNorm2d), name
+            for norm in module.norms:
+                assert isinstance(norm, nn.BatchNorm2d)
+                _copy_bn(source, norm)
+
+
 def _copy_bn(source: nn.BatchNorm2d, target: nn.BatchNorm2d) -> None:
-    assert target.num_features == source.num_features
-    for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-        getattr(target, buffer).copy_(getattr(source, buffer))
+    """Copy the first `target.num_features` channels of `source` (all of them when sizes agree)."""
+    width = target.num_features
+    assert width <= source.num_features
+    for buffer in ("running_mean", "running_var"):
+        getattr(target, buffer).copy_(getattr(source, buffer)[:width])
+    assert target.num_batches_tracked is not None and source.num_batches_tracked is not None
+    target.num_batches_tracked.copy_(source.num_batches_tracked)
     if source.affine:
-        target.weight.copy_(source.weight)
-        target.bias.copy_(source.bias)
+        target.weight.copy_(source.weight[:width])
+        target.bias.copy_(source.bias[:width])
     else:  # the subnet keeps affine BN for fine-tuning; identity scale/shift gives the same output
         target.weight.fill_(1.0)
         target.bias.zero_()

@@ -28,6 +28,7 @@ from search_spaces._space import (
     Width,
     conv_out_size,
     default_scales,
+    with_channel_multiple,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "subnet_from_architecture",
     "uniform",
     "uniform_within",
+    "with_channel_multiple",
 ]

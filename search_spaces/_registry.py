@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search_spaces._space import SearchSpace
+from search_spaces._space import SearchSpace, with_channel_multiple
 
 SpaceFactory = Callable[..., SearchSpace]
 
@@ -44,11 +44,18 @@ def get_family(name: str) -> Family:
 
 
 def create_space(
-    name: str, num_classes: int = 10, in_channels: int = 3, resolution: int | None = None, width_mult: float = 1.0
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    resolution: int | None = None,
+    width_mult: float = 1.0,
+    channel_multiple: int = 1,
 ) -> SearchSpace:
-    """Instantiate a registered family for the data at hand (classes, channels, image size)."""
+    """Instantiate a registered family for the data at hand (classes, channels, image size), every
+    gene's widths rounded to multiples of `channel_multiple` (1: the paper's grid)."""
     family = get_family(name)
     if width_mult <= 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult}")
     size = family.resolutions[0] if resolution is None else resolution
-    return family.factory(num_classes=num_classes, in_channels=in_channels, resolution=size, width_mult=width_mult)
+    space = family.factory(num_classes=num_classes, in_channels=in_channels, resolution=size, width_mult=width_mult)
+    return with_channel_multiple(space, channel_multiple)

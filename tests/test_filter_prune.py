@@ -48,10 +48,14 @@ def test_the_filters_with_the_smallest_l1_norm_go_first() -> None:
     gene = space.gene_index["s1b0_mid"]
     config = list(space.largest)
     config[gene] = space.genes[gene].choices.index(space.genes[gene].base - len(doomed))
-    kept = filter_prune.kept_channels(space, tuple(config), filter_prune.channel_ranking(space, full), "s1b0_mid")
+    ranking = filter_prune.channel_ranking(space, full)
+    kept = filter_prune.kept_channels(space, tuple(config), ranking, "s1b0_mid")
     assert sorted(set(range(space.genes[gene].base)) - set(kept.tolist())) == doomed
     pruned = filter_prune.prune(space, full, tuple(config))
-    torch.testing.assert_close(dict(pruned.named_modules())["layers.s1b0.body.0.conv"].weight, conv.weight[kept])
+    # the kept filters, most important first, reading their inputs in the input gene's order
+    rows = ranking["s1b0_mid"][: len(kept)]
+    expected = conv.weight[rows][:, ranking["stage1"]]
+    torch.testing.assert_close(dict(pruned.named_modules())["layers.s1b0.body.0.conv"].weight, expected)
 
 
 def test_coupled_channels_are_ranked_by_every_conv_that_writes_them() -> None:
