@@ -26,6 +26,9 @@ from metaprune.score import ScoreConfig
 from metaprune.train import OptimConfig
 from nas.evolution import EvolutionConfig
 
+PRUNINGNET_INITS = ("auto", "trained", "scratch")
+FINETUNE_INITS = ("inherit", "filter", "scratch")
+
 
 @dataclass
 class DataConfig:
@@ -35,12 +38,15 @@ class DataConfig:
     split_seed: int = 0  # seed of that carve-out: keep it fixed across runs you compare
     flip: bool = False  # random horizontal flips in training (true for natural images, false for digits)
     train_subset: int = 0  # use a seeded random subset of this many training images (0 = all)
+    mean: list[float] | None = None  # per-channel input mean the model expects (null: fitted on the training images)
+    std: list[float] | None = None  # per-channel input std, with data.mean (ImageNet's for a trained torchvision model)
 
 
 @dataclass
 class SpaceConfig:
     family: str = "resnet20"  # a registered family: resnet20, resnet56, resnet50, mobilenet_v1, mobilenet_v2
     width_mult: float = 1.0  # scales every base width (the largest network of the space)
+    channel_multiple: int = 8  # every gene's widths are multiples of this (1: the paper's grid); 8 runs faster, see README
 
 
 @dataclass
@@ -48,14 +54,18 @@ class BaseSection(OptimConfig):
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.05
+    weights: str = ""  # your trained full network's state dict (as build_subnet(space, space.largest)); replaces train-base
 
 
 @dataclass
 class PruningNetSection(OptimConfig):
-    epochs: int = 20
+    epochs: int = 20  # with init=trained, 0 is EagleEye: the pruned trained weights scored with adaptive BN
     batch_size: int = 64
+    lr: float = 0.0  # 0 = auto: 0.1 from scratch, finetune.lr when warm (0.1 would wash the trained weights out)
+    init: str = "auto"  # trained: from the trained network (base.weights, train-base) | scratch | auto: trained if one exists
+    ranking: str = "l1"  # channel importance that orders the trained network: l1 | l1_mean | bn (benchmarks/bench_ranking.py)
     hidden: int = 32  # width of each weight generator's hidden layer
-    bn_affine: bool = False  # learnable scale/shift in the per-width BatchNorms
+    bn_affine: bool = False  # learnable scale/shift in the per-width BatchNorms (always on when warm: the trained BN's)
     min_flops: float = 0.0  # lower end of the FLOPs window training configurations are drawn from (<= 1: fraction)
     max_flops: float = 1.0  # upper end of that window (the paper trains on every width: 0 and 1)
 
@@ -79,7 +89,7 @@ class FinetuneSection(OptimConfig):
     batch_size: int = 64
     lr: float = 0.05
     label_smoothing: float = 0.0
-    init: str = "inherit"  # inherit: start from the generated weights; scratch: random init (the paper)
+    init: str = "inherit"  # inherit: generated weights | filter: the trained network pruned to the widths | scratch (the paper)
     top_k: int = 1  # > 1: fine-tune the k best candidates as Ray Tune trials under ASHA; the survivor wins
     grace_epochs: int = 1  # top_k > 1: epochs every candidate trains before ASHA may stop it
     reduction_factor: int = 2  # top_k > 1: ASHA keeps the best 1/reduction_factor at each rung
@@ -112,6 +122,10 @@ class RunConfig:
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """Coerce ints to floats where a float is expected; reject anything else that does not fit."""
     options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if isinstance(value, list) and list[float] in options:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise UserError(f"config key {key!r} must be a list of numbers, got {value!r}")
+        return [float(v) for v in value]
     if isinstance(value, str) and (float in options or int in options):
         value = _parse_number(value)  # YAML reads 2e6 as a string; users mean a number
     for option in options:
@@ -123,7 +137,7 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             return value
         if option in (str, bool) and isinstance(value, option):
             return value
-    names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    names = " or ".join("null" if o is type(None) else "a list of numbers" if o == list[float] else o.__name__ for o in options)
     raise UserError(f"config key {key!r} must be {names}, got {value!r}")
 
 
@@ -199,12 +213,16 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
         raise UserError(f"config key {key!r} must be {rule}, got {value!r}")
 
 
-def _check_optim(section: str, cfg: OptimConfig) -> None:
+def _check_optim(section: str, cfg: OptimConfig, pruningnet: bool = False) -> None:
     from metaprune.train import SCHEDULES
 
-    _require(cfg.epochs >= 1, f"{section}.epochs", cfg.epochs, ">= 1")
+    if pruningnet:  # 0 epochs: the warm start as it is (EagleEye); 0 lr: the automatic rate
+        _require(cfg.epochs >= 0, f"{section}.epochs", cfg.epochs, ">= 0 (0 only with pruningnet.init=trained)")
+        _require(cfg.lr >= 0 and math.isfinite(cfg.lr), f"{section}.lr", cfg.lr, ">= 0 (0 = auto)")
+    else:
+        _require(cfg.epochs >= 1, f"{section}.epochs", cfg.epochs, ">= 1")
+        _require(cfg.lr > 0 and math.isfinite(cfg.lr), f"{section}.lr", cfg.lr, "a positive number")
     _require(cfg.batch_size >= 2, f"{section}.batch_size", cfg.batch_size, ">= 2 (BatchNorm needs two images)")
-    _require(cfg.lr > 0 and math.isfinite(cfg.lr), f"{section}.lr", cfg.lr, "a positive number")
     _require(0 <= cfg.momentum < 1, f"{section}.momentum", cfg.momentum, "in [0, 1)")
     _require(0 <= cfg.weight_decay < 1, f"{section}.weight_decay", cfg.weight_decay, "in [0, 1)")
     _require(cfg.schedule in SCHEDULES, f"{section}.schedule", cfg.schedule, f"one of {', '.join(SCHEDULES)}")
@@ -225,10 +243,27 @@ def validate(cfg: RunConfig) -> None:
     wm = cfg.space.width_mult
     _require(0 < wm <= 16 and math.isfinite(wm), "space.width_mult", wm, "in (0, 16]")
     _check_optim("base", cfg.base)
-    _check_optim("pruningnet", cfg.pruningnet)
+    _check_optim("pruningnet", cfg.pruningnet, pruningnet=True)
     _check_optim("finetune", cfg.finetune)
     _require(1 <= cfg.pruningnet.hidden <= 4096, "pruningnet.hidden", cfg.pruningnet.hidden, "in [1, 4096]")
-    _require(cfg.finetune.init in ("inherit", "scratch"), "finetune.init", cfg.finetune.init, "inherit or scratch")
+    _require(cfg.finetune.init in FINETUNE_INITS, "finetune.init", cfg.finetune.init, "inherit, filter or scratch")
+    pn = cfg.pruningnet
+    _require(pn.init in PRUNINGNET_INITS, "pruningnet.init", pn.init, "auto, trained or scratch")
+    from metaprune.importance import RANKINGS
+
+    _require(pn.ranking in RANKINGS, "pruningnet.ranking", pn.ranking, f"one of {', '.join(RANKINGS)}")
+    _require(pn.epochs >= 1 or pn.init == "trained", "pruningnet.epochs", pn.epochs, ">= 1 (0 needs pruningnet.init=trained)")
+    cm = cfg.space.channel_multiple
+    _require(1 <= cm <= 256, "space.channel_multiple", cm, "in [1, 256] (1: the paper's grid, 8: what kernels block by)")
+    for key in ("mean", "std"):
+        values = getattr(cfg.data, key)
+        if values is not None:
+            ok = all(math.isfinite(v) for v in values) and len(values) >= 1
+            _require(ok, f"data.{key}", values, "a list of numbers, one per image channel")
+    both = (cfg.data.mean is None) == (cfg.data.std is None)
+    _require(both, "data.std", cfg.data.std, "set together with data.mean (or both null)")
+    if cfg.data.std is not None:
+        _require(min(cfg.data.std) > 0, "data.std", cfg.data.std, "positive numbers")
     ft = cfg.finetune
     _require(ft.top_k >= 1, "finetune.top_k", ft.top_k, ">= 1")
     _require(1 <= ft.grace_epochs <= ft.epochs, "finetune.grace_epochs", ft.grace_epochs, "in [1, finetune.epochs]")

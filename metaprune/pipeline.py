@@ -10,6 +10,7 @@ refused under other settings; all input is checked before anything in the direct
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,14 +25,15 @@ import torch
 from optuna.study import StudyDirection
 
 import search_spaces as ss
-from metaprune import teachers
-from metaprune.config import RunConfig, dump_config, validate
+from metaprune import teachers, trained
+from metaprune.config import PruningNetSection, RunConfig, dump_config, validate
 from metaprune.data import ImageData, Normalizer, load_dataset, split
-from metaprune.distill import to_program
+from metaprune.distill import DistillLoss, to_program
 from metaprune.errors import UserError
+from metaprune.importance import crop
 from metaprune.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from metaprune.latency import LatencyTable
-from metaprune.pruningnet import PruningNet, PruningNetConfig
+from metaprune.pruningnet import PruningNet, PruningNetConfig, warm_start
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
 from nas.budget import resolve_flops
@@ -103,12 +105,16 @@ class Run:
         self.splits = load_dataset(cfg.data.kind, cfg.data.path, cfg.data.split_seed)
         channels, size = self.splits.train.shape
         try:
-            self.space = ss.create_space(cfg.space.family, len(self.splits.train.classes), channels, size, cfg.space.width_mult)
+            self.space = ss.create_space(
+                cfg.space.family, len(self.splits.train.classes), channels, size, cfg.space.width_mult, cfg.space.channel_multiple
+            )
             self.full = ss.count(self.space, self.space.largest)
             self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops)
             self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        trained.check_normalisation(self, channels)
+        trained.read_weights(self)  # a wrong base.weights file is refused before anything is written
         for section in ("pruningnet", "finetune"):
             batch = getattr(cfg, section).batch_size
             if batch > len(self.prepared.train):
@@ -129,8 +135,10 @@ class Run:
             del full[section][key]
         data = full["data"]
         data["path"] = str(Path(data["path"]).resolve()) if data["kind"] == "folder" and data["path"] else None
+        _drop_unset(full)
         if artifact == teachers.BASE:
             return {key: full[key] for key in ("seed", "data", "space")} | ({"amp": True} if self.amp else {})
+        full["pruningnet"] = self._pruningnet_identity(full["pruningnet"])
         meta = {key: full[key] for key in ("seed", "data", "space", "pruningnet")}
         if self.amp:  # mixed-precision training gives other weights (CPU runs never use it)
             meta["amp"] = True
@@ -142,12 +150,36 @@ class Run:
             for key in ("top_k", "grace_epochs", "reduction_factor"):  # choose what is fine-tuned, not how
                 del full["finetune"][key]
             meta["finetune"] = full["finetune"]
+        if artifact in (FINETUNE, teachers.FINETUNE_SETTINGS) and self.cfg.finetune.init == "filter":
+            meta["finetune"]["trained"] = trained.identity(self)  # pruned from the trained network
         if artifact == FINETUNE:
             meta["winner"] = list(winner or ())
             distill = teachers.identity(self)
             if distill is not None:  # (an undistilled fine-tune keeps the identity it had before distillation existed)
                 meta["distill"] = distill
         return meta
+
+    def _pruningnet_identity(self, section: dict[str, Any]) -> dict[str, Any]:
+        """The PruningNet's settings as resolved (init, rate), with the trained network it starts from."""
+        section = {**section, "lr": self.pruningnet_optim().lr}
+        if trained.pruningnet_init(self) == "scratch":  # as before warm starts existed, so such runs resume
+            del section["init"], section["ranking"]
+            return section
+        section.update(init="trained", bn_affine=True, trained=trained.identity(self))
+        if self.cfg.distill.enabled:
+            section["distill"] = {"alpha": self.cfg.distill.alpha, "temperature": self.cfg.distill.temperature}
+        return section
+
+    def pruningnet_optim(self) -> PruningNetSection:
+        """`pruningnet` with its learning rate resolved: 0 is 0.1 from scratch, finetune.lr when warm."""
+        cfg = self.cfg.pruningnet
+        if cfg.lr > 0:
+            return cfg
+        return dataclasses.replace(cfg, lr=self.cfg.finetune.lr if trained.pruningnet_init(self) == "trained" else 0.1)
+
+    def pruningnet_config(self) -> PruningNetConfig:
+        warm = trained.pruningnet_init(self) == "trained"  # the trained BN's scale and shift need affine BNs
+        return PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine or warm)
 
     def finetune_path(self, winner: ss.Config) -> Path:
         """One checkpoint per (winner, fine-tune settings): searching again never clobbers one."""
@@ -296,7 +328,9 @@ class Run:
         if 0 < cfg.train_subset < len(train_all):  # seeded random subset: folder data is sorted by class
             train_all = split(train_all, len(train_all) - cfg.train_subset, cfg.split_seed + 1)[0]
         train_part, val = split(train_all, cfg.val_size, cfg.split_seed)
-        return Prepared(train_part, val, self.splits.test, Normalizer.fit(train_part.images))
+        given = cfg.mean is not None and cfg.std is not None  # what the user's trained network expects
+        normalizer = Normalizer(list(cfg.mean), list(cfg.std)) if given else Normalizer.fit(train_part.images)  # type: ignore[arg-type]
+        return Prepared(train_part, val, self.splits.test, normalizer)
 
     @property
     def amp(self) -> bool:
@@ -309,8 +343,7 @@ class Run:
         return top1(model, fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, self.device))
 
     def pruningnet(self) -> PruningNet:
-        net = PruningNet(self.space, PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine))
-        return net.to(self.device)
+        return PruningNet(self.space, self.pruningnet_config()).to(self.device)
 
     def _require_pruningnet(self) -> Path:
         path = self.dir / PRUNINGNET
@@ -340,7 +373,7 @@ class Run:
         _load_weights(self.pruningnet(), weights, self.dir / PRUNINGNET)  # a clear error if it does not fit
         return ScorerSpec(
             space=self.space.to_dict(),
-            pruningnet=PruningNetConfig(self.cfg.pruningnet.hidden, self.cfg.pruningnet.bn_affine),
+            pruningnet=self.pruningnet_config(),
             weights=weights,
             calibration=calib.images[:whole],
             validation_images=data.val.images[: cfg.val_images or None],
@@ -358,11 +391,21 @@ class Run:
         return teachers.train_base(self)
 
     def train_pruningnet(self) -> dict[str, Any]:
-        """Train the PruningNet on one random configuration per mini-batch."""
+        """Train the PruningNet on one random configuration per mini-batch; warm-started from the
+        importance-ordered trained network and distilled from it (`pruningnet.init=trained`)."""
+        warm = trained.pruningnet_init(self) == "trained"
+        if warm:
+            trained.require(self, "pruningnet.init=trained")
         self._begin()
-        cfg, data = self.cfg.pruningnet, self.prepared
+        cfg, data = self.pruningnet_optim(), self.prepared
         torch.manual_seed(self.cfg.seed)  # the initial weights are part of what the seed fixes
         net = self.pruningnet()
+        loss_fn = None
+        if warm:
+            teacher = trained.model(self)
+            warm_start(net, trained.ordered(self, teacher))
+            if self.cfg.distill.enabled:  # the trained network teaches every width it generates
+                loss_fn = DistillLoss([teacher], self.cfg.distill, None, cfg.label_smoothing)
         low, high = self.pn_window
 
         def forward(x: torch.Tensor, step: int) -> torch.Tensor:
@@ -372,10 +415,11 @@ class Run:
         result = train(
             net, forward, data.train, data.normalizer, cfg, seed=self.cfg.seed, checkpoint=self.dir / PRUNINGNET,
             flip=self.cfg.data.flip, device=self.device, desc="pruningnet", progress=self.cfg.progress, amp=self.amp,
-            meta=self.meta(PRUNINGNET),
+            meta=self.meta(PRUNINGNET), loss_fn=loss_fn,
         )  # fmt: skip
         tail = result.losses[-max(1, len(result.losses) // 10) :]
-        summary = {"steps": result.steps, "final_loss": float(np.mean(tail)), "checkpoint": PRUNINGNET}
+        final = float(np.mean(tail)) if tail else None  # none with 0 epochs: the warm start as it is
+        summary = {"steps": result.steps, "final_loss": final, "checkpoint": PRUNINGNET, "init": "trained" if warm else "scratch"}
         self._update_summary("pruningnet", summary)
         return summary
 
@@ -528,11 +572,24 @@ class Run:
         return match[0]
 
     def winner_model(self, config: ss.Config) -> torch.nn.Module:
-        """The winner before fine-tuning: generated weights with re-estimated BN, or a fresh init."""
+        """The winner before fine-tuning: generated weights with re-estimated BN, the trained
+        network pruned to its widths, or a fresh init."""
         if self.cfg.finetune.init == "inherit":
             return self.scorer().subnet(config).to(self.device)
+        if self.cfg.finetune.init == "filter":
+            return crop(self.space, trained.ordered(self), config).to(self.device)
         torch.manual_seed(self.cfg.seed)
         return ss.build_subnet(self.space, config).to(self.device)
+
+    def _initial_weights(self, config: ss.Config, cache: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """A Tune trial's starting weights (None: a fresh init); `cache` keeps the scorer or the ordered network."""
+        if self.cfg.finetune.init == "scratch":
+            return None
+        if "source" not in cache:
+            cache["source"] = self.scorer() if self.cfg.finetune.init == "inherit" else trained.ordered(self)
+        if self.cfg.finetune.init == "inherit":
+            return cache["source"].subnet(config).cpu().state_dict()
+        return crop(self.space, cache["source"], config).cpu().state_dict()
 
     def finetune(self) -> dict[str, Any]:
         """Train the winner (from inherited weights or from scratch) and measure test top-1.
@@ -546,6 +603,8 @@ class Run:
         config, data = self.winner(), self.prepared
         if self.cfg.finetune.init == "inherit":
             self._require_pruningnet()
+        if self.cfg.finetune.init == "filter":
+            trained.require(self, "finetune.init=filter")
         self._begin()
         found = teachers.teachers(self)  # the base network must be trained; an assistant is trained here
         model = self.winner_model(config)
@@ -578,14 +637,12 @@ class Run:
         name, found = self.candidates()
         ranked = sorted(found, key=_rank)
         chosen = list({c.config: c for c in reversed(ranked)}.values())[::-1][: self.cfg.finetune.top_k]
-        inherit = self.cfg.finetune.init == "inherit"
-        scorer = self.scorer() if inherit else None
+        if self.cfg.finetune.init == "filter":
+            trained.require(self, "finetune.init=filter")
         self._begin()
         found_teachers = teachers.teachers(self)
-        candidates = [
-            tune.Candidate(f"trial-{c.trial}", c.config, scorer.subnet(c.config).cpu().state_dict() if scorer else None)
-            for c in chosen
-        ]
+        cache: dict[str, Any] = {}
+        candidates = [tune.Candidate(f"trial-{c.trial}", c.config, self._initial_weights(c.config, cache)) for c in chosen]
         data = self.prepared
         spec = tune.TuneSpec(
             self.space.to_dict(), data.train, data.val, data.normalizer, self.cfg.finetune, self.cfg.data.flip, self.cfg.seed,
@@ -667,8 +724,17 @@ class Run:
 
         return shipping.export(self)
 
+    def needs_base(self) -> bool:
+        """Does the pipeline train (or, with base.weights, measure) the full network first."""
+        return (
+            self.cfg.distill.teacher == "base"
+            or self.cfg.pruningnet.init in ("auto", "trained")
+            or self.cfg.finetune.init == "filter"
+            or bool(self.cfg.base.weights)
+        )
+
     def pipeline(self) -> dict[str, Any]:
-        if self.cfg.distill.teacher == "base":
+        if self.needs_base():
             self.train_base()
         self.train_pruningnet()
         self.search()
@@ -676,6 +742,14 @@ class Run:
         self.quantize()
         self.export()
         return self.summary()
+
+
+def _drop_unset(full: dict[str, Any]) -> None:
+    """Leave out settings that are at the value that means "as before they existed", so that runs
+    made before them keep their identity and resume."""
+    for section, key, unset in (("data", "mean", None), ("data", "std", None), ("space", "channel_multiple", 1)):
+        if full[section].get(key, unset) == unset:
+            full[section].pop(key, None)
 
 
 def _conflict(path: Path | str, changed: list[str], redo: list[str]) -> NoReturn:

@@ -20,15 +20,16 @@ import torch
 from torch import nn
 
 import search_spaces as ss
+from metaprune import trained
 from metaprune.distill import DistillLoss, freeze, load_teacher, parse_weights, teacher_paths
 from metaprune.errors import UserError
 from metaprune.score import fixed_batches
-from metaprune.train import Loss, checkpoint_header, load_trained_weights, train
+from metaprune.train import Loss, train
 
 if TYPE_CHECKING:
     from metaprune.pipeline import Run
 
-BASE = "base.pt"
+BASE = trained.BASE
 ASSISTANTS = "distill"
 FINETUNE_SETTINGS = "finetune-settings"  # Run.meta: what any fine-tune depends on, but for the winner
 
@@ -41,7 +42,14 @@ class Teachers:
 
 
 def train_base(run: Run) -> dict[str, Any]:
-    """Train the full network from scratch and measure its test top-1 (resumes from `base.pt`)."""
+    """Train the full network from scratch and measure its test top-1 (resumes from `base.pt`);
+    with `base.weights`, measure the user's trained network instead."""
+    if trained.weights_file(run) is not None:
+        model = trained.model(run)
+        run._begin()
+        summary = {**run.summary().get("base", {}), "top1": run.test_top1(model), "weights": str(trained.weights_file(run))}
+        run._update_summary("base", summary)
+        return summary
     run._begin()
     torch.manual_seed(run.cfg.seed)  # the initial weights are part of what the seed fixes
     model = ss.build_subnet(run.space, run.space.largest).to(run.device)
@@ -59,22 +67,18 @@ def train_base(run: Run) -> dict[str, Any]:
 
 def base_meta(run: Run) -> dict[str, Any]:
     full = run.cfg.to_dict()
-    del full["base"]["checkpoint_every"]
+    del full["base"]["checkpoint_every"], full["base"]["weights"]  # base.pt exists only without base.weights
     return {**run.meta(BASE), "base": full["base"]}
 
 
 def base_model(run: Run) -> nn.Module:
     """The trained full network, refused if it is unfinished or was trained under other settings."""
-    path = run.dir / BASE
-    header = checkpoint_header(path) if path.exists() else None
-    if header is None or header["step"] != header["total_steps"]:
+    if not trained.available(run):
         raise UserError(
             f"no trained base network in {run.dir}; run `run_search.py train-base --run-dir {run.dir}` first "
-            "(or set distill.teacher to your own model, or none)"
+            "(or set base.weights to your trained network, or distill.teacher to your own model, or none)"
         )
-    model = ss.build_subnet(run.space, run.space.largest)
-    model.load_state_dict(load_trained_weights(path))
-    return freeze(model.to(run.device))
+    return freeze(trained.model(run))
 
 
 def _file_digest(path: Path) -> str:
@@ -93,6 +97,8 @@ def _direct_identity(run: Run) -> dict[str, Any]:
     cfg = run.cfg.distill
     paths = teacher_paths(cfg)
     if not paths:
+        if trained.weights_file(run) is not None:
+            return {"base_weights": trained.identity(run)}
         return {"base": _digest(base_meta(run))}
     return {"files": [_file_digest(path) for path in paths], "weights": parse_weights(cfg.teacher_weights, len(paths))}
 

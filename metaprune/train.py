@@ -130,6 +130,8 @@ def train(
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{(step - start) * cfg.batch_size / (time.perf_counter() - began):.0f}")
         if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == stop:
             _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
+    if total == 0 and not checkpoint.exists():  # nothing to train (a warm start kept as it is): finished at once
+        _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
     bar.close()
     return TrainResult(losses, step, time.perf_counter() - began)
 
