@@ -1,17 +1,19 @@
-"""How far can the PruningNet's score be trusted, and how cheap can scoring be?
+"""How far can a PruningNet's score be trusted, and how cheap can scoring be?
 
 For configurations spread over the FLOPs range: the proxy top-1 (generated weights + BN
-re-estimation, validation images) at several scoring budgets, against the validation top-1 after
-a short identical fine-tune of each. Kendall's tau between the two says whether the proxy ranks
-networks as training does; the FLOPs alone are ranked the same way as a baseline, since wider
-networks both score and train better and a proxy must beat that to be worth anything.
+re-estimation, validation images) at several scoring budgets, against the top-1 each configuration
+reaches after the benchmark's full fine-tune (its epochs, schedule, seed and distillation, from that
+PruningNet's generated weights: `bench_cifar.py` trains them and passes the figures in). Kendall's
+tau between the two says whether the proxy ranks networks as training does; the FLOPs alone are
+ranked the same way as a baseline, since wider networks both score and train better and a proxy
+must beat that to be worth anything. The warm (trained-start) and the cold (from-scratch)
+PruningNet are studied on the same configurations.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import math
 import statistics
 import time
 from typing import Any
@@ -20,11 +22,11 @@ import numpy as np
 
 import search_spaces as ss
 from metaprune.latency import kendall_tau
-from metaprune.pipeline import RECORD, Run
-from metaprune.score import Batch, Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
-from metaprune.train import train
+from metaprune.pipeline import Run
+from metaprune.score import ScorerSpec, build_scorer, calibration_images
 
-# (BN re-estimation images, validation images): about 256, 1,000, 4,000 and 6,000 images per candidate
+# (BN re-estimation images, validation images): about 256, 1,000, 4,000 and 6,000 images per candidate;
+# the run's own scoring budget (what its searches use) is measured too
 BUDGETS: tuple[tuple[int, int], ...] = ((128, 128), (256, 768), (1024, 3072), (1024, 5000))
 CALIB_BATCH = 128
 SETTLED = 0.05  # a budget whose tau is within this of the best measured is as good: the rest is noise
@@ -51,33 +53,27 @@ def _budget(run: Run, spec: ScorerSpec, calib: int, val: int) -> ScorerSpec:
     )
 
 
-def finetuned_top1(run: Run, scorer: Scorer, validation: list[Batch], config: ss.Config, epochs: int) -> float:
-    """Validation top-1 of `config` after `epochs` of the run's fine-tune from its generated weights
-    (BN re-estimated by the run's scorer); resumable."""
-    data = run.prepared
-    settings = dataclasses.replace(run.cfg.finetune, epochs=epochs)
-    meta = {"config": list(config), "finetune": dataclasses.asdict(settings), "seed": run.cfg.seed, "score": run.meta(RECORD)}
-    digest = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
-    model = scorer.subnet(config)
-    train(
-        model, lambda x, step: model(x), data.train, data.normalizer, settings, seed=run.cfg.seed,
-        checkpoint=run.dir / "bench" / "trust" / f"{digest}.pt", flip=run.cfg.data.flip, device=run.device,
-        desc="trust fine-tune", progress=run.cfg.progress, meta=meta,
-    )  # fmt: skip
-    return top1(model, validation)
+def search_budget(run: Run) -> tuple[int, int]:
+    """(BN images, validation images) the run's searches score with."""
+    data, score = run.prepared, run.cfg.score
+    val = score.val_images if 0 < score.val_images < len(data.val) else len(data.val)
+    return min(score.calib_images, len(data.train)), val
 
 
-def proxy_trust(run: Run, count: int, epochs: int, seed: int) -> dict[str, Any]:
-    """Kendall's tau of the proxy at each scoring budget, the FLOPs baseline, and the recommended budget."""
-    space = run.space
-    configs = spread_configs(space, count, seed)
+def proxy_trust(run: Run, configs: list[ss.Config], truth: list[float], truth_name: str) -> dict[str, Any]:
+    """Kendall's tau of the run's PruningNet's proxy against `truth` (one top-1 per configuration) at
+    each scoring budget, the FLOPs baseline, the search budget's tau and the recommended budget."""
+    if len(configs) != len(truth) or len(configs) < 2:
+        raise ValueError(f"need one truth per configuration, at least 2; got {len(configs)} and {len(truth)}")
+    space, data = run.space, run.prepared
     flops = [ss.flops(space, c) for c in configs]
-    spec, data = run.scorer_spec(), run.prepared  # the trained PruningNet, loaded once
-    validation = fixed_batches(data.val, data.normalizer, spec.score.eval_batch_size, run.device)
-    truth = [finetuned_top1(run, build_scorer(spec, run.device), validation, c, epochs) for c in configs]
-    budgets = []
-    for calib, val in sorted({(min(c, len(data.train)), min(v, len(data.val))) for c, v in BUDGETS}):
-        scorer = build_scorer(_budget(run, spec, calib, val), run.device)
+    spec = run.scorer_spec()  # the trained PruningNet, loaded once
+    searched = search_budget(run)
+    wanted = {(min(c, len(data.train)), min(v, len(data.val))) for c, v in BUDGETS} | {searched}
+    budgets: list[dict[str, Any]] = []
+    for calib, val in sorted(wanted):
+        # the search budget is the run's own scorer, exactly as its searches built it
+        scorer = build_scorer(spec if (calib, val) == searched else _budget(run, spec, calib, val), run.device)
         proxies, seconds = [], []
         for config in configs:
             began = time.perf_counter()
@@ -88,20 +84,26 @@ def proxy_trust(run: Run, count: int, epochs: int, seed: int) -> dict[str, Any]:
                 "calib_images": calib,
                 "val_images": val,
                 "images": calib + val,
+                "searched": (calib, val) == searched,
                 "kendall_tau": kendall_tau(proxies, truth),
                 "seconds_per_candidate": statistics.median(seconds),
                 "proxy_top1": proxies,
             }
         )
-    best = max(b["kendall_tau"] for b in budgets)
-    recommended = min((b for b in budgets if b["kendall_tau"] >= best - SETTLED), key=lambda b: b["images"])
+    taus = [b["kendall_tau"] for b in budgets if math.isfinite(b["kendall_tau"])]  # nan: a constant proxy or truth
+    best = max(taus) if taus else math.nan
+    settled = [b for b in budgets if b["kendall_tau"] >= best - SETTLED] or budgets
+    recommended = min(settled, key=lambda b: (b["images"], b["val_images"]))
+    keys = ("calib_images", "val_images", "kendall_tau", "seconds_per_candidate")
     return {
         "configs": [list(c) for c in configs],
         "flops": flops,
-        "finetune_epochs": epochs,
-        "finetuned_val_top1": truth,
+        "truth": truth_name,
+        "finetuned_top1": truth,
         "budgets": budgets,
         "kendall_tau_flops": kendall_tau([float(f) for f in flops], truth),
-        "recommended": {k: recommended[k] for k in ("calib_images", "val_images", "kendall_tau", "seconds_per_candidate")},
+        "search_budget": {k: v for b in budgets if b["searched"] for k, v in b.items() if k in keys},
+        "best_kendall_tau": best,
+        "recommended": {k: recommended[k] for k in keys},
         "rule": f"the cheapest budget whose tau is within {SETTLED} of the best measured",
     }

@@ -61,7 +61,7 @@ class BaseSection(OptimConfig):
 class PruningNetSection(OptimConfig):
     epochs: int = 20  # with init=trained, 0 is EagleEye: the pruned trained weights scored with adaptive BN
     batch_size: int = 64
-    lr: float = 0.0  # 0 = auto: 0.1 from scratch, finetune.lr when warm (0.1 would wash the trained weights out)
+    lr: float = 0.0  # 0 = auto: 0.1 from scratch, finetune.lr / 5 when warm (higher washes the trained weights out)
     init: str = "auto"  # trained: from the trained network (base.weights, train-base) | scratch | auto: trained if one exists
     ranking: str = "l1"  # channel importance that orders the trained network: l1 | l1_mean | bn (benchmarks/bench_ranking.py)
     hidden: int = 32  # width of each weight generator's hidden layer

@@ -57,6 +57,7 @@ PRUNINGNET = "pruningnet.pt"
 RECORD = JOURNAL
 FINETUNE = "finetune"
 FRONT_PLOT = "search_front.png"
+WARM_LR_FACTOR = 0.2  # a warm PruningNet's automatic rate, as a fraction of finetune.lr (see pruningnet_optim)
 RUN_ID = "run_id"  # names this run's studies in a shared database
 WINNER_STAGES = ("finetune", "distill", "quantize", "export")  # results about one model: each names its config
 
@@ -171,11 +172,16 @@ class Run:
         return section
 
     def pruningnet_optim(self) -> PruningNetSection:
-        """`pruningnet` with its learning rate resolved: 0 is 0.1 from scratch, finetune.lr when warm."""
+        """`pruningnet` with its learning rate resolved: 0 is 0.1 from scratch, a fifth of finetune.lr when warm.
+
+        Warm, every step trains another random width on the shared trained weights: on CIFAR-10
+        ResNet-20, 60 steps at 0.05 took the 50%-FLOPs proxy from 58% to 20%, while 0.01 raised it
+        to 62% and random layer-wise widths from about 21% to 51% (0.002: 66%, 46%)."""
         cfg = self.cfg.pruningnet
         if cfg.lr > 0:
             return cfg
-        return dataclasses.replace(cfg, lr=self.cfg.finetune.lr if trained.pruningnet_init(self) == "trained" else 0.1)
+        warm = trained.pruningnet_init(self) == "trained"
+        return dataclasses.replace(cfg, lr=WARM_LR_FACTOR * self.cfg.finetune.lr if warm else 0.1)
 
     def pruningnet_config(self) -> PruningNetConfig:
         warm = trained.pruningnet_init(self) == "trained"  # the trained BN's scale and shift need affine BNs

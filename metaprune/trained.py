@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from metaprune.pipeline import Run
 
 BASE = "base.pt"
+PRUNINGNET = "pruningnet.pt"
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime, size) -> digest of the weights in it
 
 
@@ -108,11 +109,15 @@ def identity(run: Run) -> str:
 
 
 def pruningnet_init(run: Run) -> str:
-    """`pruningnet.init` resolved: auto is trained when a trained network exists."""
+    """`pruningnet.init` resolved: auto is trained when a trained network exists, or, once the
+    PruningNet is made, what it was made as (a later train-base does not disown it)."""
     init = run.cfg.pruningnet.init
-    if init == "auto":
-        return "trained" if available(run) else "scratch"
-    return init
+    if init != "auto":
+        return init
+    made = run.dir / PRUNINGNET
+    if made.exists():
+        return "trained" if "init" in checkpoint_header(made)["meta"].get("pruningnet", {}) else "scratch"
+    return "trained" if available(run) else "scratch"
 
 
 def require(run: Run, what: str) -> None:

@@ -26,7 +26,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 import search_spaces as ss
-from nas.evolution import EvolutionConfig, Proposer, next_generation
+from nas.evolution import EvolutionConfig, Proposer, next_generation, uniform_candidate
 from nas.study import Candidate, Pending, StudyRecord, distributions
 from search_spaces import Config, SearchSpace
 
@@ -90,7 +90,10 @@ class Evolution(_Replayed):
         if self.round >= self.cfg.generations:
             return []
         if self.round == 0:
-            configs = self.proposer.propose(self.cfg.population, self.random_config)
+            configs = []
+            if self.cfg.include_uniform:  # the baseline is a candidate: the search cannot end below it
+                configs = self.proposer.propose(1, lambda: uniform_candidate(self.space, self.rng, *self.window))
+            configs += self.proposer.propose(self.cfg.population - len(configs), self.random_config)
         else:
             parents = [c.config for c in self.top[: self.cfg.parents]]
             configs = next_generation(self.space, self.proposer, parents, self.cfg, self.random_config)
