@@ -22,6 +22,7 @@ def test_short_pruningnet_training_gives_informative_scores(tmp_path: Path) -> N
         "data.train_subset=6000",
         "data.val_size=1000",
         "space.width_mult=0.5",
+        "base.weights=''",  # the config's trained network is full width: this checks a PruningNet from scratch
         "pruningnet.epochs=6",
         "progress=false",
         "threads=2",
