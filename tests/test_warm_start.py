@@ -11,6 +11,7 @@ import search_spaces as ss
 from metaprune import filter_prune
 from metaprune.importance import RANKINGS, channel_ranking, crop, order_channels
 from metaprune.pruningnet import PruningNet, PruningNetConfig, warm_start
+from tests.test_filter_prune import _trained_like as trained_like  # random weights, non-trivial BN
 
 FAMILIES = ss.list_spaces()
 SMALL = {"resnet50": 0.125, "mobilenet_v2": 0.25, "mobilenet_v1": 0.25}  # every family at a size that runs in a second
@@ -18,20 +19,6 @@ SMALL = {"resnet50": 0.125, "mobilenet_v2": 0.25, "mobilenet_v1": 0.25}  # every
 
 def space_of(family: str, multiple: int = 1) -> ss.SearchSpace:
     return ss.create_space(family, 10, 3, 32, SMALL.get(family, 0.5), multiple)
-
-
-def trained_like(space: ss.SearchSpace, seed: int = 0) -> ss.Network:
-    """A full network with random weights and non-trivial BN statistics and affine parameters."""
-    torch.manual_seed(seed)
-    model = ss.build_subnet(space, space.largest)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
