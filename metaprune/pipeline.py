@@ -37,7 +37,7 @@ from metaprune.pruningnet import PruningNet, PruningNetConfig, warm_start
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images, fixed_batches, top1
 from metaprune.train import checkpoint_header, load_trained_weights, step_seed, train
 from nas.budget import resolve_flops
-from nas.executors import Executor, InProcessExecutor, LazyExecutor, unreachable
+from nas.executors import Executor, InProcessExecutor, JoinError, LazyExecutor, unreachable
 from nas.search import run_search
 from nas.searchers import make_searcher
 from nas.study import (
@@ -439,17 +439,26 @@ class Run:
             return RayExecutor(spec, search.workers, search.ray_address or None, device=self.cfg.device)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        except ConnectionError as exc:
-            raise UserError(f"cannot join the Ray cluster at {search.ray_address!r} ({exc}); check --ray-address") from None
+        except ConnectionError as exc:  # JoinError says why; any other is Ray's own
+            raise UserError(str(exc) if isinstance(exc, JoinError) else f"cannot join the Ray cluster: {exc}") from None
 
     def _check_ray_address(self) -> None:
+        """Fail before anything is written: the head must answer, accept our token and run our versions."""
         address = self.cfg.search.ray_address or os.environ.get("RAY_ADDRESS", "")
-        if self.cfg.search.executor == "ray" and (problem := unreachable(address)):
-            source = "--ray-address" if self.cfg.search.ray_address else "RAY_ADDRESS"
+        if self.cfg.search.executor != "ray" or address in ("", "auto", "local") or address.startswith("ray://"):
+            return
+        source = "--ray-address" if self.cfg.search.ray_address else "RAY_ADDRESS"
+        if problem := unreachable(address):
             raise UserError(
                 f"cannot reach the Ray cluster at {source} {address!r}: {problem}; "
                 "check the address (the head's `ray start --head` prints it) or leave it empty to start Ray here"
             )
+        from nas.ray_cluster import check_cluster  # imports Ray: only for a search that asks for it
+
+        try:
+            check_cluster(address)
+        except JoinError as exc:
+            raise UserError(str(exc)) from None
 
     def search(self) -> dict[str, Any]:
         """Search under the FLOPs budget with the chosen searcher; every result lands in the study at once."""
@@ -661,10 +670,13 @@ class Run:
         identity = {**self.meta(FINETUNE, ()), "study": name, "candidates": [list(c.config) for c in chosen],
                     "asha": [self.cfg.finetune.grace_epochs, self.cfg.finetune.reduction_factor]}  # fmt: skip
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-        outcomes = tune.tune_finetune(
-            candidates, spec, self.dir / "tune" / digest, grace_epochs=self.cfg.finetune.grace_epochs,
-            reduction_factor=self.cfg.finetune.reduction_factor, progress=self.cfg.progress,
-        )  # fmt: skip
+        try:
+            outcomes = tune.tune_finetune(
+                candidates, spec, self.dir / "tune" / digest, grace_epochs=self.cfg.finetune.grace_epochs,
+                reduction_factor=self.cfg.finetune.reduction_factor, progress=self.cfg.progress,
+            )  # fmt: skip
+        except JoinError as exc:  # RAY_ADDRESS names a cluster this driver cannot join
+            raise UserError(str(exc)) from None
         survivor = next(o for o in outcomes if o.survivor)
         path = self.finetune_path(survivor.config)  # export finds the survivor where it finds any fine-tune
         atomic_write_bytes(path, survivor.checkpoint.read_bytes())

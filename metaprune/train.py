@@ -23,6 +23,7 @@ from tqdm import tqdm
 from metaprune.data import ImageData, Normalizer, augment, epoch_batches
 from metaprune.errors import UserError
 from metaprune.io import atomic_torch_save, safe_torch_load
+from nas.stops import stop_point
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -130,6 +131,7 @@ def train(
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{(step - start) * cfg.batch_size / (time.perf_counter() - began):.0f}")
         if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == stop:
             _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
+            stop_point("checkpoint")
     if total == 0 and not checkpoint.exists():  # nothing to train (a warm start kept as it is): finished at once
         _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
     bar.close()

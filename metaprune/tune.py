@@ -44,6 +44,7 @@ from metaprune.errors import UserError
 from metaprune.io import atomic_write_json, safe_torch_load
 from metaprune.score import fixed_batches, top1
 from metaprune.train import OptimConfig, train
+from nas.ray_cluster import join
 from search_spaces import Config, SearchSpace, build_subnet
 
 METRIC = "val_top1"  # validation top-1 (%) after the reported epoch
@@ -120,7 +121,7 @@ def tune_finetune(
     _check_arguments(candidates, spec, grace_epochs, reduction_factor)
     storage_dir = Path(storage_dir).resolve()
     _guard_storage(storage_dir, _fingerprint(candidates, spec, grace_epochs, reduction_factor))
-    started = _start_ray(progress)
+    started = join(None, log_to_driver=progress, logging_level=logging.INFO if progress else logging.ERROR)
     try:
         trainable, slots = _trainable(candidates, spec)
         tuner = _tuner(
@@ -256,21 +257,6 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
 
 def _trial_dirname(trial: Any) -> str:
     return str(trial.config["candidate"])
-
-
-def _start_ray(progress: bool) -> bool:
-    """Connect to RAY_ADDRESS or start a quiet local Ray, unless Ray is up; whether we started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload attempt
-    ray.init(
-        # "local", not None: None would join any cluster `ray start` left on this machine
-        address=os.environ.get("RAY_ADDRESS") or "local",
-        include_dashboard=False,
-        log_to_driver=progress,
-        logging_level=logging.INFO if progress else logging.ERROR,
-    )
-    return True
 
 
 def _trainable(candidates: list[Candidate], spec: TuneSpec) -> tuple[Any, int]:

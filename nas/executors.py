@@ -81,6 +81,10 @@ class LazyExecutor:
             self.inner = None
 
 
+class JoinError(ConnectionError):
+    """Why this process cannot join a Ray cluster, in one line that names the fix (`nas.ray_cluster`)."""
+
+
 def unreachable(address: str, timeout: float = 10.0) -> str | None:
     """Why the Ray head at `address` (host:port, optionally with a scheme) cannot be reached, or None.
 

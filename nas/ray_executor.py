@@ -14,7 +14,6 @@ This is the only module of `nas` that imports Ray.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections import deque
@@ -29,6 +28,7 @@ from ray.exceptions import RayActorError  # also covers ActorDiedError and Actor
 
 from metaprune.score import ScorerSpec, build_scorer
 from nas.executors import Scored, Task
+from nas.ray_cluster import join
 
 IN_FLIGHT_PER_ACTOR = 2  # one chunk computing, the next already queued on the actor
 MAX_ATTEMPTS = 3  # a chunk failing this often is a poisoned candidate or a broken node, not bad luck
@@ -103,21 +103,6 @@ def cluster_shape() -> tuple[list[int], int]:
     return [int(node["Resources"].get("CPU", 0)) for node in nodes], int(ray.cluster_resources().get("GPU", 0))
 
 
-def connect(address: str | None) -> bool:
-    """Join the cluster at `address` (or RAY_ADDRESS), or start Ray here; False if this process was already connected."""
-    if ray.is_initialized():
-        return False  # a caller (or a test) already connected this process: use its Ray and leave it running
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    # worker output is not forwarded: a failed candidate reaches the driver as an exception anyway
-    quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        # "local" rather than None: None would join any cluster that `ray start` left running on this machine
-        ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
-    return True
-
-
 # -- one round ----------------------------------------------------------------------------------
 @dataclass
 class Chunk:
@@ -189,7 +174,7 @@ class RayExecutor:
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, but got {chunk}")
         self.chunk = chunk
-        self.initialized_ray = connect(address)
+        self.initialized_ray = join(address)
         self.actors: list[ActorHandle] = []
         try:
             self.plan = plan_actors(workers, *cluster_shape(), device=device, threads=threads)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from nas.executors import Executor, Task
 from nas.searchers import Searcher
+from nas.stops import stop_point
 from nas.study import Candidate, Pending, StudyRecord
 
 
@@ -46,6 +47,7 @@ def run_search(searcher: Searcher, record: StudyRecord, executor: Executor, tota
             scoring_round += arrived - waited
             index = scored.task.trial
             results[index] = record.tell_scored(round_[index], scored.proxy_top1, scored.node)
+            stop_point("recorded")  # a test's chosen moment to kill or hold the driver
             scored_now += 1
             bar.update(1)
             waited = time.perf_counter()

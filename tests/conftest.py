@@ -41,9 +41,15 @@ torch.set_num_threads(1)
 
 
 def cli(
-    *args: str, run_dir: Path | None = None, sets: list[str] | None = None, background: bool = False, inprocess: bool = False
+    *args: str,
+    run_dir: Path | None = None,
+    sets: list[str] | None = None,
+    background: bool = False,
+    inprocess: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess | subprocess.Popen:
-    """Run run_search.py in a fresh process, as a user would (or `inprocess`: its `main`, for quick error cases)."""
+    """Run run_search.py in a fresh process, as a user would (or `inprocess`: its `main`, for quick error
+    cases); `env` replaces this process's environment (the project stays on PYTHONPATH)."""
     command = [sys.executable, str(ROOT / "run_search.py"), *args]
     if run_dir is not None:
         command += ["--run-dir", str(run_dir)]
@@ -51,10 +57,30 @@ def cli(
         command += ["--set", item]
     if inprocess:
         return _main_in_this_process(command[2:])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if background:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def hold_at(point: str, count: int, release: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) plus the setting that makes a CLI process wait at `point` the
+    count-th time (`nas.stops`) until the test creates `release`; pass it to `cli(env=...)`."""
+    return {**(os.environ if env is None else env), "METAPRUNE_STOP": f"{point}@{count}:hold={release}"}
+
+
+def wait_held(process: subprocess.Popen, release: Path, timeout: float = 300.0) -> None:
+    """Block until `process` waits at its stop point (fail if it exits first)."""
+    import time
+
+    reached = release.with_name(release.name + ".reached")
+    deadline = time.time() + timeout
+    while not reached.exists():
+        if process.poll() is not None:
+            output = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"exited ({process.returncode}) before its stop point: {output}")
+        assert time.time() < deadline, f"no stop point reached in {timeout:.0f} s"
+        time.sleep(0.05)
 
 
 def study_trials(run_dir: Path) -> list:

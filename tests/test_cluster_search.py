@@ -6,24 +6,31 @@ import json
 import os
 import shutil
 import signal
-import time
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import cli, scored_configs, study_trials
-from tests.ray_cluster import ray_cluster  # noqa: F401  (the fixture)
+import pytest
+
+from tests.conftest import cli, hold_at, scored_configs, study_trials, wait_held
+from tests.ray_cluster import RayStartCluster, ray_cluster  # noqa: F401  (the fixture)
 
 
 def test_cli_search_on_a_two_node_cluster_matches_in_process(
     trained_run: Path,
     tmp_path: Path,
-    ray_cluster: str,  # noqa: F811
+    ray_cluster: RayStartCluster,  # noqa: F811
 ) -> None:
     reference, clustered = tmp_path / "reference", tmp_path / "cluster"
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, clustered)
     sets = ["search.generations=2"]
     assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
-    result = cli("search", "--executor", "ray", "--workers", "2", "--ray-address", ray_cluster, run_dir=clustered, sets=sets)
+    # the token is found in ~/.ray/auth_token, as on the head machine: no RAY_AUTH_MODE needed
+    result = cli(
+        "search", "--executor", "ray", "--workers", "2", "--ray-address", ray_cluster.address,
+        run_dir=clustered, sets=sets, env=ray_cluster.env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
 
     trials = study_trials(clustered)
@@ -65,14 +72,17 @@ def test_killing_a_ray_actor_mid_search_loses_and_duplicates_nothing(trained_run
     shutil.copytree(trained_run, killed)
     sets = ["search.generations=3"]
     assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
-    process = cli("search", "--executor", "ray", "--workers", "2", run_dir=killed, sets=sets, background=True)
+    release = tmp_path / "release"
+    process = cli(
+        "search", "--executor", "ray", "--workers", "2", run_dir=killed, sets=sets, background=True,
+        env=hold_at("recorded", 4, release),
+    )  # fmt: skip
     try:
-        deadline = time.time() + 240
-        while len(scored_configs(killed)) < 4 and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+        wait_held(process, release)  # the driver waits after its 4th result: the actors are up and busy
         actors = [pid for pid, command in descendants(process.pid).items() if "ScoringActor" in command]
-        assert actors and process.poll() is None, "no scoring actor found to kill"
+        assert actors, "no scoring actor found to kill"
         os.kill(actors[0], signal.SIGKILL)
+        release.touch()
         assert process.wait(timeout=300) == 0, process.stderr.read() if process.stderr else ""
     finally:
         if process.poll() is None:
@@ -81,3 +91,104 @@ def test_killing_a_ray_actor_mid_search_loses_and_duplicates_nothing(trained_run
     configs = scored_configs(killed)
     assert len(configs) == len(set(configs)) == len([t for t in trials if t.user_attrs["status"] == "scored"])
     assert [(t.params, t.values) for t in trials] == [(t.params, t.values) for t in study_trials(reference)]
+
+
+def test_a_worker_node_lost_mid_search_loses_and_duplicates_nothing(
+    trained_run: Path,
+    tmp_path: Path,
+    ray_cluster: RayStartCluster,  # noqa: F811
+) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    shutil.copytree(trained_run, reference)
+    shutil.copytree(trained_run, killed)
+    sets = ["search.generations=2"]
+    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
+    release = tmp_path / "release"
+    env = hold_at("recorded", 3, release, ray_cluster.env)
+    process = cli(
+        "search", "--executor", "ray", "--workers", "2", "--ray-address", ray_cluster.address,
+        run_dir=killed, sets=sets, background=True, env=env,
+    )  # fmt: skip
+    try:
+        wait_held(process, release)  # both actors are up, one on each node, with chunks in flight
+        ray_cluster.kill_worker_raylet()
+        release.touch()
+        assert process.wait(timeout=300) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+        ray_cluster.start_worker()  # the next tests get two nodes again
+    trials = study_trials(killed)
+    configs = scored_configs(killed)
+    assert len(configs) == len(set(configs)) == len([t for t in trials if t.user_attrs["status"] == "scored"])
+    assert [(t.params, t.values) for t in trials] == [(t.params, t.values) for t in study_trials(reference)]
+    nodes = {t.user_attrs["node"] for t in trials if t.user_attrs["status"] == "scored"}
+    assert len(nodes) == 2, f"both nodes should have scored before the loss, saw {nodes}"
+
+
+def _run_files(run_dir: Path) -> dict[str, float]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime for p in run_dir.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        ({}, "requires an authentication token and this driver has none; set RAY_AUTH_TOKEN"),
+        ({"RAY_AUTH_TOKEN": "not-the-token"}, "refused the token from RAY_AUTH_TOKEN"),
+        ({"RAY_AUTH_TOKEN_PATH": "/nonexistent/token"}, "RAY_AUTH_TOKEN_PATH='/nonexistent/token' is not a readable token file"),
+    ],
+)
+def test_joining_without_the_right_token_is_refused_in_one_line(
+    trained_run: Path,
+    tmp_path: Path,
+    ray_cluster: RayStartCluster,  # noqa: F811
+    token: dict[str, str],
+    expected: str,
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = _run_files(run_dir)
+    elsewhere = tmp_path / "home"  # another machine's user: no ~/.ray/auth_token
+    elsewhere.mkdir()
+    env = {**ray_cluster.env, "HOME": str(elsewhere), **token}
+    result = cli("search", "--executor", "ray", "--ray-address", ray_cluster.address, run_dir=run_dir, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
+    assert _run_files(run_dir) == before
+
+
+def test_a_cluster_of_other_versions_is_named_before_joining(
+    trained_run: Path,
+    tmp_path: Path,
+    ray_cluster: RayStartCluster,  # noqa: F811
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = _run_files(run_dir)
+    # what a head of another Ray release records: its versions, in the cluster metadata
+    edit = (
+        "import json, sys\n"
+        "from ray._raylet import GcsClient\n"
+        "client = GcsClient(address=sys.argv[1])\n"
+        "meta = json.loads(client.internal_kv_get(b'CLUSTER_METADATA', namespace=b'cluster'))\n"
+        "saved = dict(meta)\n"
+        "meta['ray_version'] = sys.argv[2] or saved['ray_version']\n"
+        "client.internal_kv_put(b'CLUSTER_METADATA', json.dumps(meta).encode(), True, namespace=b'cluster')\n"
+        "print(saved['ray_version'])\n"
+    )
+    env = {**ray_cluster.env, "RAY_AUTH_MODE": "token"}
+
+    def set_version(version: str) -> str:
+        done = subprocess.run([sys.executable, "-c", edit, ray_cluster.address, version], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    ours = set_version("2.0.0")
+    try:
+        result = cli("search", "--executor", "ray", "--ray-address", ray_cluster.address, run_dir=run_dir, env=ray_cluster.env)
+    finally:
+        set_version(ours)
+    assert result.returncode == 2, result.stderr
+    assert "runs Ray 2.0.0 on Python" in result.stderr and f"this driver Ray {ours}" in result.stderr, result.stderr
+    assert "pip install 'ray[tune]==2.0.0'" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert _run_files(run_dir) == before

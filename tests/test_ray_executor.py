@@ -26,7 +26,7 @@ from metaprune.score import ScoreConfig, ScorerSpec
 from nas.executors import InProcessExecutor, Scored, Task
 from nas.ray_executor import RayExecutor, plan_actors
 from tests.conftest import ROOT
-from tests.ray_cluster import ray_cluster  # noqa: F401  (the fixture, used by test_two_nodes_both_score)
+from tests.ray_cluster import RayStartCluster, ray_cluster  # noqa: F401  (the fixture, used by test_two_nodes_both_score)
 
 
 def tiny_spec() -> ScorerSpec:
@@ -171,9 +171,10 @@ with RayExecutor(tiny_spec(), workers=2, address=sys.argv[1]) as executor:
 """
 
 
-def test_two_nodes_both_score(ray_cluster: str, expected: dict[int, float]) -> None:  # noqa: F811
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", DRIVER, ray_cluster], capture_output=True, text=True, env=env, timeout=300)
+def test_two_nodes_both_score(ray_cluster: RayStartCluster, expected: dict[int, float]) -> None:  # noqa: F811
+    run = subprocess.run(
+        [sys.executable, "-c", DRIVER, ray_cluster.address], capture_output=True, text=True, env=ray_cluster.env, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(out["cluster"]) == 2 and out["initialized_ray"]
