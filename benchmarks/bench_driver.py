@@ -40,7 +40,8 @@ from nas.evolution import EvolutionConfig  # noqa: E402
 from nas.executors import Scored, Task  # noqa: E402
 from nas.search import run_search  # noqa: E402
 from nas.searchers import SEARCHERS, make_searcher  # noqa: E402
-from nas.study import Storage, StudyRecord  # noqa: E402
+from nas.storage import Storage  # noqa: E402
+from nas.study import StudyRecord  # noqa: E402
 
 AIM = 0.05
 

@@ -40,18 +40,8 @@ from nas.budget import resolve_flops
 from nas.executors import Executor, InProcessExecutor, JoinError, LazyExecutor, unreachable
 from nas.search import run_search
 from nas.searchers import make_searcher
-from nas.study import (
-    JOURNAL,
-    Candidate,
-    MetaMismatch,
-    Storage,
-    StudyRecord,
-    changed_keys,
-    load_candidates,
-    pareto_front,
-    redact,
-    run_studies,
-)
+from nas.storage import JOURNAL, Storage, StorageError, redact
+from nas.study import Candidate, MetaMismatch, StudyRecord, changed_keys, load_candidates, pareto_front, run_studies
 
 PRUNINGNET = "pruningnet.pt"
 RECORD = JOURNAL
@@ -221,6 +211,8 @@ class Run:
         url = self.cfg.search.storage
         try:
             return Storage(url, self.dir, writable)
+        except StorageError as exc:
+            raise UserError(str(exc)) from None
         except ValueError as exc:
             raise UserError(str(exc)) from None
         except OSError as exc:

@@ -6,7 +6,7 @@ already have finished, or not yet started what the test means to interrupt. Inst
 the process it starts,
 
     METAPRUNE_STOP=<name>@<count>:kill          SIGKILL itself the count-th time it gets there
-    METAPRUNE_STOP=<name>@<count>:hold=<path>   there, create <path>.reached and wait until <path> exists
+    METAPRUNE_STOP=<name>@<count>:hold=<path>   there, create <path>.reached.<pid> and wait until <path> exists
 
 Unset (always, outside tests), a stop point costs one dictionary lookup.
 """
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 ENV = "METAPRUNE_STOP"
-POINTS = ("recorded", "checkpoint")  # after a search result is flushed; after a training checkpoint is written
+# after a search result is flushed; after a training checkpoint is written; before a database is opened
+POINTS = ("recorded", "checkpoint", "database")
 _reached: dict[str, int] = {}
 
 
@@ -40,6 +41,6 @@ def stop_point(name: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     release = Path(action.removeprefix("hold="))
-    release.with_name(release.name + ".reached").touch()
+    release.with_name(f"{release.name}.reached.{os.getpid()}").touch()  # per process: several may wait on one release
     while not release.exists():
         time.sleep(0.05)

@@ -14,9 +14,7 @@ are set at ask time, `node` (who scored it) at tell time.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,14 +23,12 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
-from optuna.storages import BaseStorage
-from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.storage import Storage
 from search_spaces import Config, SearchSpace
 
-JOURNAL = "study.journal"
 SCORED, REUSED, INFEASIBLE = "scored", "reused", "infeasible"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,76 +69,6 @@ class Candidate:
         data = asdict(self)
         data["config"] = list(self.config)
         return data
-
-
-class JournalFile(BaseJournalBackend):
-    """Optuna's journal file (one JSON log per line) for a single writer, with one fsync per flush.
-
-    Optuna's own file backend fsyncs every operation: asking a trial of a 20-gene space costs over
-    twenty fsyncs. Here the logs live in memory, appends are buffered, and `flush` writes them in
-    one append + fsync, called after each recorded result. A crash loses only unflushed asks
-    (trials never scored), and the file stays readable by Optuna's `JournalFileBackend`. A torn
-    last line (a kill mid-write) is cut off on open: the caller holds the run's lock.
-    """
-
-    def __init__(self, path: str | Path, writable: bool = True) -> None:
-        self.path, self.writable = Path(path), writable
-        self.logs: list[dict[str, Any]] = []
-        self.pending: list[str] = []
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        content = self.path.read_bytes()
-        intact = 0
-        for number, line in enumerate(content.split(b"\n")[:-1]):
-            try:
-                self.logs.append(json.loads(line))
-            except ValueError:
-                raise ValueError(f"line {number + 1} of {self.path} is damaged; move the file aside to search afresh") from None
-            intact += len(line) + 1
-        if self.writable and intact != len(content):  # a torn last line: the write it belonged to never finished
-            with open(self.path, "r+b") as handle:
-                handle.truncate(intact)
-
-    def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
-        return self.logs[log_number_from:]
-
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        lines = [json.dumps(log, separators=(",", ":")) for log in logs]
-        self.logs.extend(json.loads(line) for line in lines)  # replay sees exactly what a reader sees
-        self.pending.extend(lines)
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        assert self.writable, "a read-only journal was written to"
-        with open(self.path, "ab") as handle:
-            handle.write(("\n".join(self.pending) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.pending.clear()
-
-
-class Storage:
-    """An Optuna storage plus `flush` (a no-op for database storages, which commit every call)."""
-
-    def __init__(self, url: str, run_dir: Path, writable: bool = True) -> None:
-        self.journal: JournalFile | None = None
-        if url:
-            self.location = url
-            self.optuna: BaseStorage = optuna.storages.get_storage(url)
-        else:
-            self.location = str(run_dir / JOURNAL)
-            self.journal = JournalFile(run_dir / JOURNAL, writable)
-            self.optuna = JournalStorage(self.journal)
-
-    def flush(self) -> None:
-        if self.journal is not None:
-            self.journal.flush()
-
-    def study_names(self) -> list[str]:
-        return [s.study_name for s in self.optuna.get_all_studies()]
 
 
 def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
@@ -371,13 +297,3 @@ def load_candidates(storage: Storage, name: str, space: SearchSpace) -> list[Can
     study = optuna.load_study(study_name=name, storage=storage.optuna)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [candidate_of(space, t, name) for t in trials if t.user_attrs.get("status") in (SCORED, REUSED)]
-
-
-def redact(url: str) -> str:
-    """A storage URL fit to print or save: any password replaced by ***."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url

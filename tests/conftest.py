@@ -73,7 +73,7 @@ def wait_held(process: subprocess.Popen, release: Path, timeout: float = 300.0) 
     """Block until `process` waits at its stop point (fail if it exits first)."""
     import time
 
-    reached = release.with_name(release.name + ".reached")
+    reached = release.with_name(f"{release.name}.reached.{process.pid}")
     deadline = time.time() + timeout
     while not reached.exists():
         if process.poll() is not None:

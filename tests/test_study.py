@@ -12,7 +12,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 
 import search_spaces as ss
-from nas.study import Candidate, JournalFile, MetaMismatch, Storage, StudyRecord, pareto_front
+from nas.storage import JournalFile, Storage
+from nas.study import Candidate, MetaMismatch, StudyRecord, pareto_front
 
 SPACE = ss.create_space("resnet20", num_classes=4, in_channels=3, resolution=16, width_mult=0.5)
 FULL = ss.flops(SPACE, SPACE.largest)
