@@ -127,6 +127,7 @@ def train(
         scheduler.step()
         losses.append(float(loss.item()))
         step += 1
+        stop_point("step")  # a kill here loses the steps since the last checkpoint
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{(step - start) * cfg.batch_size / (time.perf_counter() - began):.0f}")
         if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == stop:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 ENV = "METAPRUNE_STOP"
-# after a search result is flushed; after a training checkpoint is written; before a database is opened
-POINTS = ("recorded", "checkpoint", "database")
+# after a search result is flushed; after a training step (before any checkpoint of it); after a
+# training checkpoint is written; before a database is opened
+POINTS = ("recorded", "step", "checkpoint", "database")
 _reached: dict[str, int] = {}
 
 

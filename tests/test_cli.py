@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
 import search_spaces as ss
-from tests.conftest import cli, scored_configs
+from tests.conftest import cli, hold_at, scored_configs, wait_held
 
 
 def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
@@ -213,12 +212,11 @@ def test_winner_trained_from_scratch_when_asked(trained_run: Path, tmp_path: Pat
 def test_a_second_process_on_the_same_run_dir_is_refused(trained_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
-    first = cli("search", run_dir=run_dir, sets=["search.generations=20"], background=True)
+    release = tmp_path / "release"
+    first = cli("search", run_dir=run_dir, background=True, env=hold_at("recorded", 1, release))
     try:
-        deadline = time.time() + 120
-        while not (run_dir / "study.journal").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        assert_clean_error(cli("search", run_dir=run_dir, sets=["search.generations=20"]), "another process", "--run-dir")
+        wait_held(first, release)  # holding the run's lock, mid-search
+        assert_clean_error(cli("search", run_dir=run_dir), "another process", "--run-dir")
     finally:
         first.kill()
         first.wait()

@@ -1,10 +1,14 @@
-"""kill -9 at a random moment, run the same command again: the result equals an uninterrupted run."""
+"""kill -9 mid-run, run the same command again: the result equals an uninterrupted run.
+
+Each run kills itself at a moment the test names (`METAPRUNE_STOP`, `nas.stops`): between two
+checkpoints of a training, or right after a recorded search result; never a kill timed by a clock."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import time
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,15 +19,8 @@ from tests.conftest import cli, scored_configs, study_trials
 LONGER = ["pruningnet.epochs=6", "pruningnet.checkpoint_every=3"]
 
 
-def kill_when(process, condition, delay: float) -> None:
-    """Wait until `condition()` holds, then a little longer, then SIGKILL the process."""
-    deadline = time.time() + 300
-    while not condition() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(delay)
-    assert process.poll() is None, "the run finished before it could be killed; make it longer"
-    process.kill()
-    process.wait()
+def killed_at(point: str) -> dict[str, str]:
+    return {**os.environ, "METAPRUNE_STOP": f"{point}:kill"}
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -34,11 +31,11 @@ def test_killed_pruningnet_training_resumes_with_identical_losses(tmp_path: Path
     reference = tmp_path / "reference"
     assert cli("train-pruningnet", run_dir=reference, sets=LONGER, inprocess=True).returncode == 0
     killed = tmp_path / "killed"
-    process = cli("train-pruningnet", run_dir=killed, sets=LONGER, background=True)
-    kill_when(process, lambda: (killed / "pruningnet.pt").exists(), delay=0.7)
+    # after step 5: checkpoints come every 3 steps and at each epoch's end, so the kill loses at least one step
+    assert cli("train-pruningnet", run_dir=killed, sets=LONGER, env=killed_at("step@5")).returncode == -signal.SIGKILL
     step_at_kill = torch.load(killed / "pruningnet.pt", weights_only=True)["step"]
     expected = losses(reference)
-    assert 0 < step_at_kill < len(expected)
+    assert 0 < step_at_kill < 5 and len(expected) > 6
     result = cli("train-pruningnet", run_dir=killed, sets=LONGER)
     assert result.returncode == 0, result.stderr
     assert losses(killed) == expected  # bit-for-bit: same batches, augmentations, configs, RNG
@@ -55,9 +52,9 @@ def test_killed_search_rescores_nothing_and_finds_the_same_winner(trained_run: P
     shutil.copytree(trained_run, reference)
     shutil.copytree(trained_run, killed)
     assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
-    process = cli("search", run_dir=killed, sets=sets, background=True)
-    kill_when(process, lambda: len(scored_configs(killed)) >= 12, delay=0.3)
+    assert cli("search", run_dir=killed, sets=sets, env=killed_at("recorded@12")).returncode == -signal.SIGKILL
     scored_before = len(scored_configs(killed))
+    assert scored_before == 12
     result = cli("search", "--resume", run_dir=killed, sets=sets)
     assert result.returncode == 0, result.stderr
 
