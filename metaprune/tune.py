@@ -45,6 +45,7 @@ from metaprune.io import atomic_write_json, safe_torch_load
 from metaprune.score import fixed_batches, top1
 from metaprune.train import OptimConfig, train
 from nas.ray_cluster import join
+from nas.stops import stop_point
 from search_spaces import Config, SearchSpace, build_subnet
 
 METRIC = "val_top1"  # validation top-1 (%) after the reported epoch
@@ -190,6 +191,7 @@ def _run_trial(
             atomic_write_json(Path(work) / "history.json", history)
             metrics = {TIME_ATTR: epoch, METRIC: history[-1], HISTORY: list(history)}
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
+            stop_point("epoch", at=epoch)  # where a test holds trials to kill the driver mid-experiment
 
 
 def _initial_model(space: SearchSpace, config: Config, weights: dict[str, torch.Tensor] | None, seed: int) -> torch.nn.Module:

@@ -20,13 +20,15 @@ from pathlib import Path
 
 ENV = "METAPRUNE_STOP"
 # after a search result is flushed; after a training step (before any checkpoint of it); after a
-# training checkpoint is written; before a database is opened
-POINTS = ("recorded", "step", "checkpoint", "database")
+# training checkpoint is written; before a database is opened; after a Tune trial reports an epoch
+POINTS = ("recorded", "step", "checkpoint", "database", "epoch")
 _reached: dict[str, int] = {}
 
 
-def stop_point(name: str) -> None:
-    """Count one arrival at `name` and act if METAPRUNE_STOP asks for this one."""
+def stop_point(name: str, at: int | None = None) -> None:
+    """Count one arrival at `name` and act if METAPRUNE_STOP asks for this one. With `at` (an epoch
+    number, say), act whenever `at` equals the count asked for, in every process that gets there:
+    Tune's trials run in worker processes that each count on their own."""
     setting = os.environ.get(ENV)
     if not setting:
         return
@@ -36,7 +38,7 @@ def stop_point(name: str) -> None:
         raise ValueError(f"{ENV}={setting!r}: expected <point>@<count>:kill or :hold=<path>, with a point of {POINTS}")
     if point != name:
         return
-    _reached[name] = _reached.get(name, 0) + 1
+    _reached[name] = _reached.get(name, 0) + 1 if at is None else at
     if _reached[name] != int(count):
         return
     if action == "kill":
