@@ -172,6 +172,7 @@ def _run_trial(
     """
     torch.set_num_threads(threads)
     candidate = candidates[config["candidate"]]
+    stop_point("trial", at=list(candidates).index(candidate.name) + 1)  # a test holds one candidate here
     device = "cuda" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
     validation = fixed_batches(spec.validation, spec.normalizer, spec.eval_batch_size, device)
     steps_per_epoch = len(spec.train) // spec.optim.batch_size
@@ -191,7 +192,6 @@ def _run_trial(
             atomic_write_json(Path(work) / "history.json", history)
             metrics = {TIME_ATTR: epoch, METRIC: history[-1], HISTORY: list(history)}
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
-            stop_point("epoch", at=epoch)  # where a test holds trials to kill the driver mid-experiment
 
 
 def _initial_model(space: SearchSpace, config: Config, weights: dict[str, torch.Tensor] | None, seed: int) -> torch.nn.Module:

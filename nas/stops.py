@@ -20,15 +20,15 @@ from pathlib import Path
 
 ENV = "METAPRUNE_STOP"
 # after a search result is flushed; after a training step (before any checkpoint of it); after a
-# training checkpoint is written; before a database is opened; after a Tune trial reports an epoch
-POINTS = ("recorded", "step", "checkpoint", "database", "epoch")
+# training checkpoint is written; before a database is opened; as a Tune trial starts
+POINTS = ("recorded", "step", "checkpoint", "database", "trial")
 _reached: dict[str, int] = {}
 
 
 def stop_point(name: str, at: int | None = None) -> None:
-    """Count one arrival at `name` and act if METAPRUNE_STOP asks for this one. With `at` (an epoch
-    number, say), act whenever `at` equals the count asked for, in every process that gets there:
-    Tune's trials run in worker processes that each count on their own."""
+    """Count one arrival at `name` and act if METAPRUNE_STOP asks for this one. With `at` (a Tune
+    trial's candidate number, say), act whenever `at` equals the count asked for, in whichever process
+    gets there: Tune's trials run in worker processes that each count on their own."""
     setting = os.environ.get(ENV)
     if not setting:
         return
