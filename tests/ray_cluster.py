@@ -13,6 +13,7 @@ resources) against the same head; the second one is told apart by its raylet's p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -102,9 +103,28 @@ class RayStartCluster:
             time.sleep(0.5)
 
     def kill_worker_raylet(self) -> int:
-        """SIGKILL the second node's raylet (as a crashed machine would go); its pid."""
-        os.kill(self.worker_raylet, signal.SIGKILL)
+        """SIGKILL the second node's raylet and every process under it, its actors' workers included,
+        as a crashed machine would go (an actor's worker outlives its raylet for a while and goes on
+        answering the driver directly); the raylet's pid."""
+        doomed, todo = [self.worker_raylet], [self.worker_raylet]
+        while todo:
+            above = todo.pop()
+            children = [pid for pid, parent in parents().items() if parent == above]
+            doomed += children
+            todo += children
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         return self.worker_raylet
+
+
+def parents() -> dict[int, int]:
+    """{pid: parent pid} of every process on this machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return found
 
 
 def raylets() -> set[int]:
