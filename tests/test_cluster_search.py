@@ -17,16 +17,22 @@ from tests.conftest import cli, hold_at, scored_configs, study_trials, wait_held
 from tests.ray_cluster import RayStartCluster, ray_cluster, readme_commands  # noqa: F401  (the fixture)
 
 
+def searched_in_process(trained_run: Path, tmp_path: Path, sets: list[str]) -> tuple[Path, Path]:
+    """A copy of the trained run searched in process (the reference), and an untouched copy to search."""
+    reference, other = tmp_path / "reference", tmp_path / "other"
+    shutil.copytree(trained_run, reference)
+    shutil.copytree(trained_run, other)
+    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
+    return reference, other
+
+
 def test_cli_search_on_a_two_node_cluster_matches_in_process(
     trained_run: Path,
     tmp_path: Path,
     ray_cluster: RayStartCluster,  # noqa: F811
 ) -> None:
-    reference, clustered = tmp_path / "reference", tmp_path / "cluster"
-    shutil.copytree(trained_run, reference)
-    shutil.copytree(trained_run, clustered)
     sets = ["search.generations=2"]
-    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
+    reference, clustered = searched_in_process(trained_run, tmp_path, sets)
     # the README's driver command, on the head machine: the token is found in ~/.ray/auth_token
     (line,) = readme_commands()["the driver"]
     command = shlex.split(ray_cluster.fill(line).replace("runs/r20", str(clustered)))
@@ -68,11 +74,8 @@ def descendants(pid: int) -> dict[int, str]:
 
 
 def test_killing_a_ray_actor_mid_search_loses_and_duplicates_nothing(trained_run: Path, tmp_path: Path) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    shutil.copytree(trained_run, reference)
-    shutil.copytree(trained_run, killed)
     sets = ["search.generations=3"]
-    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
+    reference, killed = searched_in_process(trained_run, tmp_path, sets)
     release = tmp_path / "release"
     process = cli(
         "search", "--executor", "ray", "--workers", "2", run_dir=killed, sets=sets, background=True,
@@ -99,11 +102,8 @@ def test_a_worker_node_lost_mid_search_loses_and_duplicates_nothing(
     tmp_path: Path,
     ray_cluster: RayStartCluster,  # noqa: F811
 ) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    shutil.copytree(trained_run, reference)
-    shutil.copytree(trained_run, killed)
     sets = ["search.generations=2"]
-    assert cli("search", run_dir=reference, sets=sets, inprocess=True).returncode == 0
+    reference, killed = searched_in_process(trained_run, tmp_path, sets)
     release = tmp_path / "release"
     env = hold_at("recorded", 3, release, ray_cluster.env)
     process = cli(
