@@ -472,6 +472,7 @@ class Run:
             outcome = self._guard(lambda: run_search(searcher, record, executor, total, self.cfg.progress))
         finally:
             executor.close()
+        pool = executor.report()
         if not outcome.candidates:
             raise UserError("the search scored no candidate inside the window; widen it (search.max_flops) or run more trials")
         best = min(outcome.candidates, key=_rank)
@@ -489,6 +490,7 @@ class Run:
             "study": record.name,
             "storage": redact(record.storage.location),
             "executor": search.executor if search.executor == "inprocess" else f"ray x{search.workers}",
+            "pool": pool,  # where this run's candidates were scored (empty when all came from the study)
             "evaluated": len(outcome.candidates),
             "trials": outcome.trials,
             "scored_this_run": outcome.scored_now,

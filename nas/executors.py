@@ -44,6 +44,10 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    def report(self) -> dict[str, object]:
+        """What the pool looked like, for summary.json: the nodes it scored on, chunks lost."""
+        ...
+
 
 class InProcessExecutor:
     """Scores one candidate after another with a scorer built in this process."""
@@ -59,6 +63,9 @@ class InProcessExecutor:
     def close(self) -> None:
         pass
 
+    def report(self) -> dict[str, object]:
+        return {"nodes": [self.node]}
+
 
 class LazyExecutor:
     """Builds its executor on the first round that has work: a search resumed after its last
@@ -67,6 +74,7 @@ class LazyExecutor:
     def __init__(self, make: Callable[[], Executor]) -> None:
         self.make = make
         self.inner: Executor | None = None
+        self.last_report: dict[str, object] = {"nodes": []}  # nothing scored: no pool
 
     def score(self, tasks: list[Task]) -> Iterator[Scored]:
         if not tasks:
@@ -77,8 +85,12 @@ class LazyExecutor:
 
     def close(self) -> None:
         if self.inner is not None:
+            self.last_report = self.inner.report()
             self.inner.close()
             self.inner = None
+
+    def report(self) -> dict[str, object]:
+        return self.inner.report() if self.inner is not None else self.last_report
 
 
 class JoinError(ConnectionError):

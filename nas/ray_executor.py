@@ -280,6 +280,10 @@ class RayExecutor:
             return  # restarts exhausted, or its scorer failed to build: the others carry on without it
         self.usable.add(actor)
 
+    def report(self) -> dict[str, object]:
+        """The nodes the actors started on (one entry per node), and chunks resubmitted after a loss."""
+        return {"nodes": sorted(set(self.nodes)), "chunks_scored": list(self.chunks_scored), "chunks_lost": self.chunks_lost}
+
     # -- shutdown -------------------------------------------------------------------------------
     def close(self) -> None:
         """Kill the actors; disconnect from Ray (stopping it if local) if this executor connected."""

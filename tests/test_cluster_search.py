@@ -123,8 +123,9 @@ def test_a_worker_node_lost_mid_search_loses_and_duplicates_nothing(
     configs = scored_configs(killed)
     assert len(configs) == len(set(configs)) == len([t for t in trials if t.user_attrs["status"] == "scored"])
     assert [(t.params, t.values) for t in trials] == [(t.params, t.values) for t in study_trials(reference)]
-    by_node = [t.user_attrs["node"] for t in trials if t.user_attrs["status"] == "scored"]
-    assert len(set(by_node[:3])) == 2, f"both nodes should have scored before the loss, saw {by_node[:3]}"
+    # which actor answers first is the machine's business; where the actors started is not
+    pool = json.loads((killed / "summary.json").read_text())["search"]["pool"]
+    assert len(pool["nodes"]) == 2, f"the actors should have started one on each node, saw {pool}"
     last_round = [t.user_attrs["node"] for t in trials[-8:] if t.user_attrs["status"] == "scored"]  # population 8
     assert last_round and len(set(last_round)) == 1, f"after the loss only the head should score, saw {last_round}"
 
