@@ -424,7 +424,7 @@ class Run:
     def executor(self, spec: ScorerSpec) -> Executor:
         search = self.cfg.search
         if search.executor == "inprocess":
-            return InProcessExecutor(spec, self.device)
+            return InProcessExecutor(spec, str(self.device))
         from nas.ray_executor import RayExecutor  # Ray is imported only when asked for
 
         try:
@@ -477,9 +477,10 @@ class Run:
             raise UserError("the search scored no candidate inside the window; widen it (search.max_flops) or run more trials")
         best = min(outcome.candidates, key=_rank)
         front = pareto_front(outcome.candidates)
-        from nas.plot import plot_front
+        from nas.plot import front_png
 
-        plot_front(outcome.candidates, front, self.search_window[1], self.full.flops, self.dir / FRONT_PLOT, title=record.name)
+        png = front_png(outcome.candidates, front, self.search_window[1], self.full.flops, title=record.name)
+        atomic_write_bytes(self.dir / FRONT_PLOT, png)
         timing = {
             "driver_s": round(outcome.driver_seconds, 3),
             "scoring_s": round(outcome.scoring_seconds, 3),

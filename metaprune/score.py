@@ -108,6 +108,10 @@ class ScorerSpec:
     normalizer: Normalizer
     score: ScoreConfig
 
+    def build(self, device: str) -> Scorer:
+        """`nas.executors.ScorerFactory`: what each executor worker builds once."""
+        return build_scorer(self, device)
+
 
 def build_scorer(spec: ScorerSpec, device: torch.device | str = "cpu") -> Scorer:
     """The scorer a spec describes, on `device`: the same scores wherever it is built."""

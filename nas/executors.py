@@ -3,6 +3,10 @@
 An executor receives a round of `Task`s and yields one `Scored` per task as results arrive, in any
 order. The driver alone records results, so an executor never writes the study. Importing this
 module does not import Ray.
+
+What scores a candidate is the caller's: a `ScorerFactory`, plain picklable data that each worker
+builds once into a `Scorer` (metaprune's is `metaprune.score.ScorerSpec`: the PruningNet with its
+calibration and validation images). nas itself knows only configurations and numbers.
 """
 
 from __future__ import annotations
@@ -12,10 +16,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
-
-from metaprune.score import ScorerSpec, build_scorer
 from search_spaces import Config
+
+
+class Scorer(Protocol):
+    def __call__(self, config: Config) -> float:
+        """The proxy top-1 (percent) of one configuration."""
+        ...
+
+
+class ScorerFactory(Protocol):
+    """Picklable: shipped once to every worker, built there once, then called per configuration."""
+
+    def build(self, device: str) -> Scorer:
+        """The scorer on `device` ("cpu", "cuda", "cuda:0"): the same scores wherever it is built."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,8 @@ class Executor(Protocol):
 class InProcessExecutor:
     """Scores one candidate after another with a scorer built in this process."""
 
-    def __init__(self, spec: ScorerSpec, device: torch.device | str = "cpu") -> None:
-        self.scorer = build_scorer(spec, device)
+    def __init__(self, factory: ScorerFactory, device: str = "cpu") -> None:
+        self.scorer = factory.build(device)
         self.node = f"local:{socket.gethostname()}"
 
     def score(self, tasks: list[Task]) -> Iterator[Scored]:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
-from metaprune.io import atomic_write_bytes
 from nas.study import Candidate
 
 
-def plot_front(
-    candidates: list[Candidate], front: list[Candidate], budget: float, full_flops: int, path: Path, title: str = ""
-) -> None:
-    """Write a PNG (atomically): candidates as dots, the front as a step line, the budget as a rule."""
+def front_png(candidates: list[Candidate], front: list[Candidate], budget: float, full_flops: int, title: str = "") -> bytes:
+    """A PNG (the caller writes it where it keeps results): candidates as dots, the front as a step
+    line, the budget as a rule."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot
@@ -36,4 +33,4 @@ def plot_front(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -26,14 +26,13 @@ import torch
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError  # also covers ActorDiedError and ActorUnavailableError
 
-from metaprune.score import ScorerSpec, build_scorer
-from nas.executors import Scored, Task
+from nas.executors import Scored, ScorerFactory, Task
 from nas.ray_cluster import join
 
 IN_FLIGHT_PER_ACTOR = 2  # one chunk computing, the next already queued on the actor
 MAX_ATTEMPTS = 3  # a chunk failing this often is a poisoned candidate or a broken node, not bad luck
-MAX_RESTARTS = 3  # Ray restarts a dead actor this many times, rebuilding its scorer from the spec
-READY_TIMEOUT_S = 600.0  # building every scorer: shipping the spec and loading the PruningNet on a cold node
+MAX_RESTARTS = 3  # Ray restarts a dead actor this many times, rebuilding its scorer from the factory
+READY_TIMEOUT_S = 600.0  # building every scorer: shipping the factory and loading the PruningNet on a cold node
 STALL_TIMEOUT_S = 1800.0  # no chunk finished and no actor came back for this long: raise rather than hang
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -43,9 +42,9 @@ ChunkResult = tuple[str, list[tuple[int, float]]]  # (node that scored it, [(tri
 class ScoringActor:
     """A worker process holding one scorer; Ray reruns `__init__` when it restarts the actor."""
 
-    def __init__(self, spec: ScorerSpec, threads: int, device: str) -> None:
+    def __init__(self, factory: ScorerFactory, threads: int, device: str) -> None:
         torch.set_num_threads(threads)  # the actors of a node share its cores instead of each taking all of them
-        self.scorer = build_scorer(spec, device)
+        self.scorer = factory.build(device)
         self.node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()}"
 
     def ready(self) -> str:
@@ -156,14 +155,14 @@ class RayExecutor:
 
     `address` (or the RAY_ADDRESS environment variable) joins a running cluster; otherwise Ray
     starts here with all the machine's CPUs and stops in `close`. Each actor builds the scorer once
-    from `spec` (shipped once through the object store) and scores `chunk` candidates per call.
+    from `factory` (shipped once through the object store) and scores `chunk` candidates per call.
     `device="auto"` puts one actor on each GPU when the cluster has GPUs, else shares out the CPUs;
     `threads` fixes the torch threads (and Ray CPUs) of each CPU actor instead.
     """
 
     def __init__(
         self,
-        spec: ScorerSpec,
+        factory: ScorerFactory,
         workers: int,
         address: str | None = None,
         chunk: int = 2,
@@ -181,8 +180,8 @@ class RayExecutor:
             # Put once: every actor reads this one copy. Held for the executor's life, because Ray
             # frees an object nobody references, and a restarting actor reads its arguments again
             # (Ray logs a warning about exactly this at actor creation: holding the reference answers it).
-            self.spec_ref = ray.put(spec)
-            self.actors = [self._start_actor(self.spec_ref) for _ in range(workers)]
+            self.factory_ref = ray.put(factory)
+            self.actors = [self._start_actor(self.factory_ref) for _ in range(workers)]
             self.nodes = self._wait_ready()
         except BaseException:
             self.close()
@@ -192,14 +191,14 @@ class RayExecutor:
         self.chunks_scored = [0] * workers  # per actor, to see the load spread (and that restarted actors work again)
         self.chunks_lost = 0  # chunks resubmitted because their actor died
 
-    def _start_actor(self, spec_ref: ray.ObjectRef) -> ActorHandle:
+    def _start_actor(self, factory_ref: ray.ObjectRef) -> ActorHandle:
         plan = self.plan
         actor: ActorHandle = RemoteScoringActor.options(
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
             max_restarts=MAX_RESTARTS,
             max_task_retries=0,  # lost chunks are resubmitted here, to whichever actor is free, not queued behind a restart
-        ).remote(spec_ref, plan.threads, plan.device)
+        ).remote(factory_ref, plan.threads, plan.device)
         return actor
 
     def _wait_ready(self) -> list[str]:
