@@ -17,7 +17,10 @@ receives the same normalised images as the student.
 
 from __future__ import annotations
 
+import io
+import itertools
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.export import ExportedProgram
+from torch.export.passes import move_to_device_pass
 
 from metaprune.errors import UserError
+
+# The saved program behind each teacher module made from one (`from_program`, `load_teacher`):
+# `move_to_device` and `to_program` start again from it. Weak keys: a dropped teacher drops its bytes.
+_programs: weakref.WeakKeyDictionary[nn.Module, bytes] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -100,21 +109,63 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher.requires_grad_(False)
 
 
-def to_program(model: nn.Module, example: torch.Tensor) -> bytes:
-    """A teacher as a `torch.export` program with a dynamic batch dimension, to ship to workers."""
-    import io
+def _first_tensor(model: nn.Module) -> torch.Tensor | None:
+    return next(itertools.chain(model.parameters(), model.buffers()), None)
 
+
+def to_program(model: nn.Module, example: torch.Tensor) -> bytes:
+    """A teacher as a CPU `torch.export` program with a dynamic batch dimension, to ship to workers.
+
+    `model` is left as it was (the Tune path evaluates the run's teachers on their device after
+    this): it is traced where its weights are, in eval mode for the trace only, and the program,
+    not the model, is moved to the CPU. A teacher made from a program ships that program."""
+    source = _programs.get(model)
+    if source is not None:
+        return _save(move_to_device_pass(torch.export.load(io.BytesIO(source)), "cpu"))
+    first = _first_tensor(model)
+    if first is not None:
+        example = example.to(first.device, first.dtype if first.is_floating_point() else None)
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(model.cpu().eval(), (example.cpu(),), dynamic_shapes=({0: batch},))
+    training = model.training
+    exported = isinstance(model, torch.fx.GraphModule)  # an exported module has no eval(): it runs as exported
+    if not exported:
+        model.eval()
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    finally:
+        if not exported:
+            model.train(training)
+    return _save(move_to_device_pass(program, "cpu"))
+
+
+def _save(program: ExportedProgram) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
 
 
-def from_program(data: bytes) -> nn.Module:
-    import io
+def from_program(data: bytes, device: torch.device | str = "cpu") -> nn.Module:
+    """The teacher that `to_program` (or `torch.export.save`) wrote, on `device`, frozen."""
+    module = freeze(move_to_device_pass(torch.export.load(io.BytesIO(data)), device).module())
+    _programs[module] = data
+    return module
 
-    return freeze(torch.export.load(io.BytesIO(data)).module())
+
+def move_to_device(teacher: nn.Module | ExportedProgram, device: torch.device | str) -> nn.Module:
+    """A loaded teacher on `device`, frozen.
+
+    A plain nn.Module moves with `.to(device)` (in place, as `.to` does). A torch.export program,
+    or a module that `from_program` / `load_teacher` made of one, goes through torch's
+    `move_to_device_pass` and comes back as a new module (the argument is left as it was):
+    `.to()` on an exported module moves its weights but not the devices traced into its graph (a
+    `torch.ones(n, device=x.device)` in the original forward is `aten.ones(device='cpu')` in the
+    program), so the moved module fails at its first call."""
+    if isinstance(teacher, ExportedProgram):
+        return from_program(_save(teacher), device)
+    source = _programs.get(teacher)
+    if source is not None:
+        return from_program(source, device)
+    return freeze(teacher.to(device))
 
 
 def parse_weights(text: str, teachers: int) -> list[float] | None:
@@ -145,15 +196,14 @@ def teacher_paths(cfg: DistillConfig) -> list[Path]:
     return paths
 
 
-def load_teacher(path: Path) -> nn.Module:
-    """An exported subnet directory or a `torch.export` program (.pt2), on the CPU in eval mode."""
+def load_teacher(path: Path, device: torch.device | str = "cpu") -> nn.Module:
+    """An exported subnet directory or a `torch.export` program (.pt2), on `device`, frozen."""
     try:
         if path.is_dir():
             from search_spaces import load_subnet
 
-            return freeze(load_subnet(path))
-        program = torch.export.load(str(path))
-        return freeze(program.module())
+            return move_to_device(load_subnet(path), device)
+        return from_program(path.read_bytes(), device)
     except UserError:
         raise
     except Exception as exc:
