@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metaprune.accuracy import top1_percent
 from metaprune.data import Normalizer
 from metaprune.io import atomic_write_bytes
 
@@ -129,11 +130,14 @@ def _write_onnx(data: bytes, path: str | Path) -> Path:
     return Path(path)
 
 
-def onnx_session(path: str | Path, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session with `threads` intra-op threads (0: ORT's default) and one inter-op.
+def onnx_session(path: str | Path, threads: int = 0, optimized_file: str | Path | None = None) -> Any:
+    """An ONNX Runtime CPU session with `threads` intra-op threads (0: ORT's default) and one inter-op:
+    the one way this project opens an ONNX file, to score it, time it or fold it.
 
     Its threads do not spin after a run: spinning threads starve whatever the process runs next
     (alternating sessions on 2 cores, ResNet-20 INT8 took 58 ms a batch with spinning, 20 ms without).
+    With `optimized_file`, the graph after ORT's *basic* optimizations is written there: those keep
+    to standard ONNX ops, so the saved file still runs anywhere (the full level fuses into ORT-only ops).
     """
     import onnxruntime as ort
 
@@ -141,6 +145,9 @@ def onnx_session(path: str | Path, threads: int = 0) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized_file is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(optimized_file)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -251,22 +258,28 @@ def onnx_logits(path: str | Path, images: torch.Tensor, batch: int = 64, threads
 
 def onnx_top1(path: str | Path, images: torch.Tensor, labels: torch.Tensor, batch: int = 64, threads: int = 0) -> float:
     """Top-1 accuracy (percent) of an ONNX file on uint8 `images` (N, C, H, W)."""
-    predicted = onnx_logits(path, images, batch, threads).argmax(1)
-    return 100.0 * float((predicted == labels.numpy()).mean())
+    session = onnx_session(path, threads)
+    batches = ((pixels(images[i : i + batch]), labels[i : i + batch].numpy()) for i in range(0, len(images), batch))
+    return top1_percent(batches, lambda x: session.run(None, {INPUT_NAME: x})[0])
 
 
 # --- Half precision -----------------------------------------------------------------------------
 
 
+def autocast_supported(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether `torch.autocast(device_type, dtype)` runs here: bfloat16 on a GPU needs one that has or
+    emulates it (torch's own test, on which autocast raises); the rest runs (CPUs emulate both halves)."""
+    return not (device_type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported())
+
+
 def half_top1(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype, device_type: str = "cpu"
-) -> float:
+) -> float | None:
     """Top-1 (percent) of `model` on (input, label) batches under `torch.autocast(device_type, dtype)`:
-    bfloat16 or float16 (torch 2.13 autocasts both on CPU too); float32 gives the reference."""
-    correct = total = 0
+    bfloat16 or float16 (torch 2.13 autocasts both on CPU too); float32 gives the reference. None where
+    autocast would refuse `dtype` (bfloat16 on a GPU that neither has nor emulates it): unsupported, not a failure."""
+    if not autocast_supported(dtype, device_type):
+        return None
     autocast = torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
     with _eval_mode(model), torch.no_grad(), autocast:
-        for x, y in batches:
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return 100.0 * correct / max(total, 1)
+        return top1_percent(batches, model)

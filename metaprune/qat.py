@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaprune.data import Normalizer
-from metaprune.deploy import Deployable, QuantizeConfig, _write_onnx, export_onnx
+from metaprune.deploy import Deployable, QuantizeConfig, _write_onnx, export_onnx, onnx_session
 from metaprune.train import OptimConfig
 
 
@@ -199,12 +199,8 @@ def _fold_constants(path: Path, folded: Path) -> bytes:
     """ORT's basic graph optimizations (standard ONNX ops only), saved: they compute each weight's
     scale and fold its QuantizeLinear into an int8 initializer, so the file stores int8 weights."""
     import onnx
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(folded)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    onnx_session(path, optimized_file=folded)
     model = onnx.load(str(folded))
     used = {node.domain for node in model.graph.node} | {""}
     kept = [opset for opset in model.opset_import if opset.domain in used]  # ORT lists every domain it knows

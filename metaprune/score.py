@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaprune.accuracy import top1_percent
 from metaprune.data import ImageData, Normalizer
 from metaprune.pruningnet import PruningNet, PruningNetConfig
 from search_spaces import Config, SearchSpace
@@ -49,13 +50,9 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 
 @torch.no_grad()
 def top1(model: nn.Module, batches: list[Batch]) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent; leaves `model` in eval mode."""
     model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    return 100.0 * correct / max(total, 1)
+    return top1_percent(batches, model)
 
 
 def fixed_batches(data: ImageData, normalizer: Normalizer, batch_size: int, device: torch.device | str) -> list[Batch]:
