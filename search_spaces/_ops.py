@@ -6,6 +6,8 @@ genes one step at a time, which always terminates because the window is checked 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from search_spaces._count import flops
@@ -82,14 +84,26 @@ def crossover(space: SearchSpace, a: Config, b: Config, rng: np.random.Generator
     return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
 
 
-def uniform(space: SearchSpace, scale: float) -> Config:
-    """Uniform width scaling: every gene at the choice nearest `scale` x its base width (from below,
-    the smallest choice at least)."""
-    config = []
-    for gene in space.genes:
-        wanted = gene.base * scale + 1e-9
-        config.append(max([i for i, c in enumerate(gene.choices) if c <= wanted], default=0))
-    return tuple(config)
+Rounding = Literal["down", "nearest"]
+
+
+def uniform(space: SearchSpace, scale: float, rounding: Rounding = "down") -> Config:
+    """Uniform width scaling: every gene at the choice nearest `scale` x its base width.
+
+    "down" (the width-multiplier baseline): the widest choice at most that wide (the smallest choice
+    at least), so that a larger scale never gives fewer FLOPs and a bisection on it finds a budget.
+    "nearest" (the distillation assistant): the choice closest to it, the narrower one on a tie.
+    """
+    if rounding not in ("down", "nearest"):
+        raise ValueError(f"rounding must be 'down' or 'nearest', but got {rounding!r}")
+    return tuple(_scaled_choice(gene.choices, gene.base * scale, rounding) for gene in space.genes)
+
+
+def _scaled_choice(choices: tuple[int, ...], wanted: float, rounding: Rounding) -> int:
+    if rounding == "nearest":
+        return min(range(len(choices)), key=lambda i: abs(choices[i] - wanted))
+    # the tolerance: a scale meant to land on a choice (0.5 of 64) must not miss it by a rounding error
+    return max([i for i, c in enumerate(choices) if c <= wanted + 1e-9], default=0)
 
 
 def uniform_within(space: SearchSpace, max_flops: float) -> Config:
