@@ -2,414 +2,51 @@
 
 FLOPs are a poor proxy for speed: at batch 1 on a CPU a thin layer costs mostly fixed overhead,
 and halving a width rarely halves the time. The MetaPruning paper's latency-constrained search
-therefore looks every layer up in a table measured once per space, batch and thread count. Here
-each op (conv-BN-act, a residual add, a pool, the classifier) is keyed by its signature (kind,
-channels, kernel, stride, input size, activation), so layers alike share one measurement, and every
-signature any configuration can produce is timed with the very modules `build_subnet` uses. A
-candidate's latency is then a sum of dict lookups, corrected by an overhead term fitted to a few
-whole subnets timed at build time, so searchers can price thousands of candidates for free.
+therefore looks every layer up in a table measured once per space, batch and thread count, so that
+searchers price thousands of candidates for free.
+
+Two modules, one import path: `metaprune.timing` measures (models, ONNX files, whole subnets) and
+`metaprune.latency_table` builds the table on top of it; this module gathers the names of both.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import hashlib
-import json
-import math
-import os
-import platform
-import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
-from itertools import combinations, product
-from pathlib import Path
-from typing import Any, Union
-
-import numpy as np
-import torch
-from tqdm import tqdm
-
-import search_spaces as ss
-from metaprune.errors import UserError
-from metaprune.io import atomic_write_json
-from search_spaces import Classifier, Config, ConvLayer, MaxPool, ResidualBlock, SearchSpace, Width
-from search_spaces._build import activation
-
-FORMAT = "metaprune-latency/1"
-
-
-@dataclass
-class LatencyConfig:
-    """How latency is measured: on the machine, batch and threads the model will be deployed with."""
-
-    batch: int = 1  # images per forward pass (1: one request at a time)
-    threads: int = 1  # torch intra-op threads while measuring: those the deployed model will get
-    warmup: int = 3  # untimed calls before each sweep over a table entry (whole subnets: 3x as many)
-    runs: int = 10  # timed calls per table entry over 2 sweeps, the fastest counts (whole subnets: 5x as many)
-
-
-@dataclass(frozen=True)
-class LatencyResult:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-    batch: int
-    threads: int
-    runtime: str  # torch | onnxruntime
-    device: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @staticmethod
-    def of(times: list[float], batch: int, threads: int, runtime: str, device: str) -> LatencyResult:
-        p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
-        return LatencyResult(median, p10, p90, len(times), batch, threads, runtime, device)
-
-
-def measure_ms(fn: Callable[[], object], warmup: int, runs: int, sync: Callable[[], None] | None = None) -> list[float]:
-    """Wall times of `fn()` in ms after `warmup` untimed calls; `sync` waits for queued GPU work."""
-    wait = sync or (lambda: None)
-    for _ in range(warmup):
-        fn()
-    wait()
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        fn()
-        wait()
-        times.append((time.perf_counter() - began) * 1e3)
-    return times
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with `threads` intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _sync(device: str) -> Callable[[], None] | None:
-    return torch.cuda.synchronize if device.startswith("cuda") else None
-
-
-def torch_latency(
-    model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int, threads: int,
-    warmup: int = 10, runs: int = 50, device: str = "cpu",
-) -> LatencyResult:  # fmt: skip
-    """Latency of `model` in eval mode under `torch.inference_mode` on a random batch."""
-    model = model.eval().to(device)
-    x = torch.randn(batch, *input_shape, device=device)
-    with torch_threads(threads), torch.inference_mode():
-        times = measure_ms(lambda: model(x), warmup, runs, _sync(device))
-    return LatencyResult.of(times, batch, threads, "torch", device_description(device))
-
-
-def onnx_latency(
-    path: str | Path, input_name: str, input_shape: tuple[int, int, int], batch: int, threads: int,
-    warmup: int = 10, runs: int = 50,
-) -> LatencyResult:  # fmt: skip
-    """Latency of an ONNX model under onnxruntime's CPU provider with `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {input_name: np.random.default_rng(0).standard_normal((batch, *input_shape), dtype=np.float32)}
-    times = measure_ms(lambda: session.run(None, feed), warmup, runs)
-    return LatencyResult.of(times, batch, threads, "onnxruntime", device_description("cpu"))
-
-
-def device_description(device: str) -> str:
-    """What ran the timings: CPU model and usable cores (or the GPU's name), and torch's version."""
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    model = names[0] if names else platform.processor() or platform.machine()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, torch {torch.__version__}"
-
-
-# -- the lookup table ---------------------------------------------------------------------------
-_Op = Union[ConvLayer, ResidualBlock, MaxPool, Classifier]  # a ResidualBlock slot stands for its add
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """One op of the network; its signature depends on the channel counts of `widths`."""
-
-    op: _Op
-    widths: tuple[Width, ...]  # conv: (in, out); add, pool, classifier: (channels,)
-    size: int  # input height and width
-    template: str  # the signature, with {0} and {1} standing for the channels of `widths`
-
-    def key(self, channels: tuple[int, ...]) -> str:
-        return self.template.format(*channels)
-
-
-def _conv_slot(conv: ConvLayer, size: int) -> _Slot:
-    groups = " dw" if conv.depthwise else ""
-    template = f"conv {{0}}>{{1}} k{conv.kernel} s{conv.stride}{groups} {size}px {conv.act}"
-    return _Slot(conv, (conv.in_ch, conv.out_ch), size, template)
-
-
-def _slots(space: SearchSpace) -> list[_Slot]:
-    """Every op of the network in order, with the input size each sees."""
-    slots: list[_Slot] = []
-    size = space.resolution
-    width: Width = space.in_channels  # what the previous layer gives
-    for layer in space.layers:
-        if isinstance(layer, ConvLayer):
-            slots.append(_conv_slot(layer, size))
-            size, width = ss.conv_out_size(size, layer.kernel, layer.stride), layer.out_ch
-        elif isinstance(layer, ResidualBlock):
-            in_size = size
-            for conv in layer.body:
-                slots.append(_conv_slot(conv, size))
-                size = ss.conv_out_size(size, conv.kernel, conv.stride)
-            if layer.shortcut is not None:
-                slots.append(_conv_slot(layer.shortcut, in_size))
-            slots.append(_Slot(layer, (layer.out_ch,), size, f"add {{0}} {size}px {layer.act}"))
-            width = layer.out_ch
-        else:
-            slots.append(_Slot(layer, (width,), size, f"maxpool {{0}} k{layer.kernel} s{layer.stride} {size}px"))
-            size = ss.conv_out_size(size, layer.kernel, layer.stride)
-    head = space.head
-    return slots + [_Slot(head, (head.in_ch,), size, f"head {{0}}>{head.num_classes} {size}px")]
-
-
-def _signatures(space: SearchSpace) -> dict[str, tuple[_Slot, tuple[int, ...]]]:
-    """Every signature any configuration can produce, with one slot and channels that produce it."""
-    found: dict[str, tuple[_Slot, tuple[int, ...]]] = {}
-    for slot in _slots(space):
-        genes = sorted({w for w in slot.widths if isinstance(w, str)})  # a depthwise conv's in and out: one gene
-        for picks in product(*(space.genes[space.gene_index[g]].choices for g in genes)):
-            chosen = dict(zip(genes, picks))
-            channels = tuple(w if isinstance(w, int) else chosen[w] for w in slot.widths)
-            found.setdefault(slot.key(channels), (slot, channels))
-    return found
-
-
-def _one_op_space(op: _Op, channels: tuple[int, ...], size: int) -> SearchSpace:
-    """A network holding just `op`, so that `build_subnet` makes exactly the module a subnet runs."""
-    if isinstance(op, Classifier):
-        return SearchSpace("probe", channels[0], size, (), (), dataclasses.replace(op, in_ch=channels[0]))
-    layer = dataclasses.replace(op, in_ch=channels[0], out_ch=channels[1]) if isinstance(op, ConvLayer) else op
-    assert isinstance(layer, (ConvLayer, MaxPool)), layer
-    return SearchSpace("probe", channels[0], size, (), (layer,), Classifier("fc", channels[-1], 1))
-
-
-def _probe(slot: _Slot, channels: tuple[int, ...], batch: int, device: str) -> Callable[[], object]:
-    """A call running the op of `slot` at `channels` on a random batch."""
-    x = torch.randn(batch, channels[0], slot.size, slot.size, device=device)
-    if isinstance(slot.op, ResidualBlock):  # the add (and activation) that joins body and shortcut
-        y, act = torch.randn_like(x), activation(slot.op.act)
-        return lambda: act(x + y)
-    net = ss.build_subnet(_one_op_space(slot.op, channels, slot.size), ()).eval()
-    net = net if device == "cpu" else net.to(device)  # built on the CPU: `to` would cost as much again
-    module = net if isinstance(slot.op, Classifier) else net.layers[0]  # the classifier includes pool + flatten
-    return lambda: module(x)
-
-
-def _space_digest(space: SearchSpace) -> str:
-    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class LatencyTable:
-    """Measured ms per op signature of one space, batch and thread count; `predict` prices a config."""
-
-    space: SearchSpace
-    batch: int
-    threads: int
-    device: str  # `device_description` of the machine that measured
-    entries: dict[str, float]  # op signature -> its fastest run in ms
-    overhead_ms: float = 0.0  # predicted = overhead_ms + scale * sum of entries, fitted on whole subnets
-    scale: float = 1.0
-    runtime: str = "torch"
-    calibration: list[dict[str, Any]] = field(default_factory=list)  # the whole subnets the fit used
-    source: str = "(in memory)"  # the file it was loaded from, for error messages
-    _slots: list[_Slot] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._slots = _slots(self.space)
-
-    def keys(self, config: Config) -> list[str]:
-        """The signatures of the ops `config` runs, in order."""
-        channels = self.space.channels
-        return [s.key(tuple(channels(w, config) for w in s.widths)) for s in self._slots]
-
-    def summed(self, config: Config) -> float:
-        return sum(self.entries[key] for key in self.keys(config))
-
-    def predict(self, config: Config) -> float:
-        """Predicted latency of `config` in ms: dict lookups only, cheap enough for every candidate."""
-        return self.overhead_ms + self.scale * self.summed(config)
-
-    def check(self, space: SearchSpace, batch: int | None = None, threads: int | None = None) -> None:
-        """Raise UserError unless the table was measured for `space` (and `batch`, `threads` if given)."""
-        made = (self.space.name, _space_digest(self.space), self.batch, self.threads)
-        wanted = (space.name, _space_digest(space), batch or self.batch, threads or self.threads)
-        if made != wanted:
-            raise UserError(
-                f"latency table {self.source} was measured for space {made[0]} (digest {made[1]}), batch {made[2]}, "
-                f"threads {made[3]}, not space {wanted[0]} (digest {wanted[1]}), batch {wanted[2]}, threads {wanted[3]}; "
-                "delete it to measure a new one"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        names = ("batch", "threads", "device", "runtime", "overhead_ms", "scale", "calibration", "entries")
-        head = {"format": FORMAT, "space_name": self.space.name, "space_digest": _space_digest(self.space)}
-        return head | {"space": self.space.to_dict()} | {name: getattr(self, name) for name in names}
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @staticmethod
-    def load(
-        path: str | Path, space: SearchSpace | None = None, batch: int | None = None, threads: int | None = None
-    ) -> LatencyTable:
-        """Read a saved table; a damaged file, or one made for another space/batch/threads, is a UserError."""
-        try:
-            data = json.loads(Path(path).read_text())
-            table = _table_from_dict(data, str(path))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"latency table {path} is damaged ({reason}); delete it to measure a new one") from exc
-        if space is not None:
-            table.check(space, batch, threads)
-        return table
-
-
-def _table_from_dict(data: dict[str, Any], source: str) -> LatencyTable:
-    if data.get("format") != FORMAT:
-        raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
-    space = SearchSpace.from_dict(data["space"])
-    if _space_digest(space) != data["space_digest"]:
-        raise ValueError("the space does not match its digest")
-    entries = {str(k): float(v) for k, v in data["entries"].items()}
-    missing = set(_signatures(space)) - set(entries)
-    if missing:
-        raise ValueError(f"{len(missing)} op signatures missing, e.g. {sorted(missing)[0]!r}")
-    return LatencyTable(
-        space, int(data["batch"]), int(data["threads"]), str(data["device"]), entries, float(data["overhead_ms"]),
-        float(data["scale"]), str(data["runtime"]), list(data["calibration"]), source,
-    )  # fmt: skip
-
-
-def build_latency_table(
-    space: SearchSpace, batch: int, threads: int, device: str = "cpu", warmup: int = 3, runs: int = 10,
-    calibration: int = 8, progress: bool = True, seed: int = 0, passes: int = 2,
-) -> LatencyTable:  # fmt: skip
-    """Time every op signature of `space` (`runs` in all, over `passes` sweeps), then fit the overhead term."""
-    if calibration < 2:
-        raise ValueError(f"calibration needs at least 2 whole subnets to fit overhead and scale, got {calibration}")
-    with torch_threads(threads), torch.inference_mode():
-        entries = _measure_entries(space, batch, device, warmup, -(-runs // passes), passes, seed, progress)
-    table = LatencyTable(space, batch, threads, device_description(device), dict(sorted(entries.items())))
-    _calibrate(table, _calibration_configs(space, calibration, seed), 3 * warmup, 5 * runs, device)
-    return table
-
-
-def _measure_entries(
-    space: SearchSpace, batch: int, device: str, warmup: int, runs: int, passes: int, seed: int, progress: bool
-) -> dict[str, float]:
-    """The fastest of `passes` x `runs` timings of every op signature of `space`."""
-    signatures, entries = _signatures(space), dict[str, float]()
-    widest = {
-        key: slot.key(tuple(space.channels(w, space.largest) for w in slot.widths)) for key, (slot, _) in signatures.items()
-    }
-    rng = np.random.default_rng(seed)
-    with tqdm(total=passes * len(signatures), desc="latency table", unit="op", disable=not progress, dynamic_ncols=True) as bar:
-        # Each sweep goes in a new random order: a moment when another process steals the CPU then
-        # slows a random op instead of a run of similar ones, and rarely the same op in every sweep.
-        ordered = sorted(signatures)
-        sweeps = [[ordered[i] for i in rng.permutation(len(ordered))] for _ in range(passes)]
-        for _ in range(2 * passes):  # then ops far slower than their widest variant were surely slowed so: again
-            keys = sweeps.pop() if sweeps else [key for key in sorted(entries) if entries[key] > 1.5 * entries[widest[key]]]
-            bar.total = max(bar.total or 0, bar.n + len(keys))
-            for key in keys:
-                slot, channels = signatures[key]
-                times = measure_ms(_probe(slot, channels, batch, device), warmup, runs, _sync(device))
-                entries[key] = min(entries.get(key, math.inf), *times)
-                bar.update()
-    return entries
-
-
-def _calibration_configs(space: SearchSpace, count: int, seed: int) -> list[Config]:
-    """The extremes, a few uniform widths in between, and random configurations."""
-    uniform = [tuple(round(f * (len(g.choices) - 1)) for g in space.genes) for f in (0.25, 0.5, 0.75)]
-    rng = np.random.default_rng(seed)
-    return [space.largest, space.smallest, *uniform, *(ss.sample(space, rng) for _ in range(count))][:count]
-
-
-def measure_subnets(
-    space: SearchSpace, configs: list[Config], batch: int, threads: int, warmup: int = 10, runs: int = 30,
-    device: str = "cpu", rounds: int = 5,
-) -> list[float]:  # fmt: skip
-    """The fastest run of each config's subnet in ms, timed in interleaved rounds: load changes hit all alike.
-
-    The fastest run, not the median, is what the code costs: on a shared machine times are bimodal
-    (a core to itself or half of one) and the median flips between the modes; on a quiet machine
-    the two agree within a few percent. Table entries are fastest runs too.
-    """
-    x = torch.randn(batch, space.in_channels, space.resolution, space.resolution, device=device)
-    nets = [ss.build_subnet(space, c).eval().to(device) for c in configs]
-    times: list[list[float]] = [[] for _ in configs]
-    with torch_threads(threads), torch.inference_mode():
-        for r in range(rounds):
-            for net, net_times in zip(nets, times):
-                net_times += measure_ms(partial(net, x), warmup if r == 0 else 2, -(-runs // rounds), _sync(device))
-    return [min(t) for t in times]
-
-
-def _calibrate(table: LatencyTable, configs: list[Config], warmup: int, runs: int, device: str) -> None:
-    """Fit measured = overhead_ms + scale * summed entries on whole subnets, the extremes among them.
-
-    Why both terms: the overhead is what op timings leave out and every subnet has alike (module
-    calls, identity shortcuts); the scale is what an op loses inside the network, its input and
-    weights no longer hot in cache from its own previous run, which grows with the work (scales of
-    1.0-1.5 here; the mean residual alone, scale 1, predicted worse at batch 32). A scale outside
-    0.5..2 means noise swamped the timings (a busy machine): then only the mean residual is used.
-    """
-    measured = measure_subnets(table.space, configs, table.batch, table.threads, warmup, runs, device)
-    summed = [table.summed(c) for c in configs]
-    scale, overhead = np.polyfit(summed, measured, 1)
-    if not 0.5 <= scale <= 2:
-        warnings.warn(f"latency table: whole subnets took {min(measured):.3g}..{max(measured):.3g} ms, their ops "
-                      f"{min(summed):.3g}..{max(summed):.3g} ms; is the machine busy?", stacklevel=3)  # fmt: skip
-        scale, overhead = 1.0, float(np.mean(np.subtract(measured, summed)))
-    table.overhead_ms, table.scale = float(overhead), float(scale)
-    table.calibration = [{"config": list(c), "measured_ms": m, "summed_ms": s} for c, m, s in zip(configs, measured, summed)]
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b: (concordant - discordant pairs) over the geometric mean of untied pairs."""
-    pairs = [(np.sign(x[i] - x[j]), np.sign(y[i] - y[j])) for i, j in combinations(range(len(x)), 2)]
-    untied_x, untied_y = sum(a != 0 for a, _ in pairs), sum(b != 0 for _, b in pairs)
-    return float(sum(a * b for a, b in pairs) / math.sqrt(untied_x * untied_y)) if untied_x and untied_y else math.nan
-
-
-def lut_accuracy(
-    space: SearchSpace, table: LatencyTable, configs: list[Config], threads: int | None = None, runs: int = 30,
-    warmup: int = 10, device: str = "cpu",
-) -> dict[str, Any]:  # fmt: skip
-    """Predicted against measured latency of whole subnets: per config, MAPE, max error, Kendall's tau."""
-    measured = measure_subnets(space, configs, table.batch, threads or table.threads, warmup, runs, device)
-    predicted = [table.predict(c) for c in configs]
-    errors = [100 * (p - m) / m for p, m in zip(predicted, measured)]
-    rows = [
-        {"config": list(c), "predicted_ms": p, "measured_ms": m, "error_pct": e}
-        for c, p, m, e in zip(configs, predicted, measured, errors)
-    ]
-    mape, worst = float(np.mean(np.abs(errors))), max(abs(e) for e in errors)
-    return {"configs": rows, "mape_pct": mape, "max_error_pct": worst, "kendall_tau": kendall_tau(predicted, measured)}
+from metaprune.latency_table import (
+    FORMAT,
+    LatencyTable,
+    _signatures,
+    build_latency_table,
+    device_kind,
+    kendall_tau,
+    lut_accuracy,
+    table_file_name,
+)
+from metaprune.timing import (
+    LatencyConfig,
+    LatencyResult,
+    device_description,
+    device_sync,
+    measure_ms,
+    measure_subnets,
+    onnx_latency,
+    torch_latency,
+    torch_threads,
+)
+
+__all__ = [
+    "FORMAT",
+    "LatencyConfig",
+    "LatencyResult",
+    "LatencyTable",
+    "_signatures",
+    "build_latency_table",
+    "device_description",
+    "device_kind",
+    "device_sync",
+    "kendall_tau",
+    "lut_accuracy",
+    "measure_ms",
+    "measure_subnets",
+    "onnx_latency",
+    "table_file_name",
+    "torch_latency",
+    "torch_threads",
+]
