@@ -15,21 +15,20 @@ record of trial statuses is saved at most a second apart (TUNE_GLOBAL_CHECKPOINT
 that ended in the last second before a kill is resumed, and either has nothing left to train or,
 if ASHA had just stopped it, trains on until the rebuilt rungs stop it again.
 
+The trial itself is `metaprune.tune_trial`, the one-experiment-per-directory guard
+`metaprune.tune_storage`; this module is the driver, and keeps their names under its import path.
+
 This module imports Ray: import it where the stage runs, not at package import time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,48 +37,40 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from metaprune.data import ImageData, Normalizer
-from metaprune.distill import DistillConfig, DistillLoss, from_program
 from metaprune.errors import UserError
-from metaprune.io import atomic_write_json, safe_torch_load
-from metaprune.score import fixed_batches, top1
-from metaprune.train import OptimConfig, train
+from metaprune.io import safe_torch_load
+from metaprune.tune_storage import GUARD_FILE, fingerprint, guard_storage, restorable
+from metaprune.tune_trial import (
+    HISTORY,
+    METRIC,
+    TIME_ATTR,
+    WEIGHTS_FILE,
+    TrialStart,
+    TuneSpec,
+    run_trial,
+    trial_device,
+)
 from nas.ray_cluster import join
-from nas.stops import stop_point
-from search_spaces import Config, SearchSpace, build_subnet
+from search_spaces import Config
 
-METRIC = "val_top1"  # validation top-1 (%) after the reported epoch
-TIME_ATTR = "epoch"  # epochs trained so far: ASHA's clock
-HISTORY = "val_top1_history"  # val top-1 after every epoch so far (replayed into ASHA on restore)
-WEIGHTS_FILE = "train.pt"  # the training checkpoint inside each Tune checkpoint directory
-GUARD_FILE = "metaprune_tune.json"  # what the experiment in a storage directory was started with
+Candidate = TrialStart  # the old name, until its callers switch (metaprune.pipeline)
+
+__all__ = [
+    "GUARD_FILE",
+    "HISTORY",
+    "METRIC",
+    "TIME_ATTR",
+    "WEIGHTS_FILE",
+    "Candidate",
+    "TrialStart",
+    "TuneOutcome",
+    "TuneSpec",
+    "trial_device",
+    "trial_resources",
+    "tune_finetune",
+]
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class Candidate:
-    name: str  # unique, filesystem-safe: names the Tune trial and its directory
-    config: Config  # one choice index per gene of the space
-    initial: dict[str, torch.Tensor] | None = None  # starting weights (inherit); None: fresh seeded init (scratch)
-
-
-@dataclass
-class TuneSpec:
-    """Everything a trial needs, as plain data: it travels through Ray's object store once."""
-
-    space: dict[str, Any]  # SearchSpace.to_dict()
-    train: ImageData  # uint8 training split (augmented as in every other stage)
-    validation: ImageData  # uint8 split scored after every epoch: ASHA's metric
-    normalizer: Normalizer
-    optim: OptimConfig  # epochs = ASHA's max_t; the schedule spans all of them
-    flip: bool = False  # horizontal flips in augmentation
-    seed: int = 0  # batch order, augmentation and scratch init: a trial is reproducible
-    device: str = "auto"  # auto: one GPU per trial where the cluster has GPUs | cpu
-    eval_batch_size: int = 500  # images per validation batch
-    teachers: list[bytes] = field(default_factory=list)  # distillation: torch.export programs (metaprune.distill.to_program)
-    teacher_weights: list[float] | None = None  # of the teachers' soft targets (None: equal)
-    distill: DistillConfig | None = None  # alpha and temperature of distillation (None: plain cross-entropy)
-    amp: bool = False  # bf16 mixed precision when a trial trains on a GPU
 
 
 @dataclass
@@ -103,7 +94,7 @@ class TuneOutcome:
 
 
 def tune_finetune(
-    candidates: list[Candidate],
+    candidates: list[TrialStart],
     spec: TuneSpec,
     storage_dir: Path,
     *,
@@ -121,7 +112,7 @@ def tune_finetune(
     """
     _check_arguments(candidates, spec, grace_epochs, reduction_factor)
     storage_dir = Path(storage_dir).resolve()
-    _guard_storage(storage_dir, _fingerprint(candidates, spec, grace_epochs, reduction_factor))
+    guard_storage(storage_dir, fingerprint(candidates, spec, grace_epochs, reduction_factor))
     started = join(None, log_to_driver=progress, logging_level=logging.INFO if progress else logging.ERROR)
     try:
         trainable, slots = _trainable(candidates, spec)
@@ -136,14 +127,7 @@ def tune_finetune(
             ray.shutdown()
 
 
-def _distill_loss(spec: TuneSpec, device: str) -> DistillLoss | None:
-    if spec.distill is None or not spec.teachers:
-        return None
-    models = [from_program(data).to(device) for data in spec.teachers]
-    return DistillLoss(models, spec.distill, spec.teacher_weights, spec.optim.label_smoothing)
-
-
-def _check_arguments(candidates: list[Candidate], spec: TuneSpec, grace_epochs: int, reduction_factor: int) -> None:
+def _check_arguments(candidates: list[TrialStart], spec: TuneSpec, grace_epochs: int, reduction_factor: int) -> None:
     names = [c.name for c in candidates]
     if not candidates or len(set(names)) != len(names):
         raise UserError(f"candidates need distinct names, but got {names}")
@@ -157,61 +141,6 @@ def _check_arguments(candidates: list[Candidate], spec: TuneSpec, grace_epochs: 
         raise UserError(f"batch_size <= training images must hold, but got {spec.optim.batch_size} > {len(spec.train)}")
     if spec.device not in ("auto", "cpu"):
         raise UserError(f"device must be 'auto' or 'cpu', but got {spec.device!r}")
-
-
-# ---------------------------------------------------------------- the trial (runs in a Ray worker)
-
-
-def _run_trial(
-    config: dict[str, Any], spec: TuneSpec, candidates: dict[str, Candidate], initial: dict[str, Any], threads: int
-) -> None:
-    """Train one candidate epoch by epoch, reporting val top-1 with a checkpoint after each.
-
-    `candidates` come without their weights: `initial` maps each name to an object-store reference
-    to them (or None), so that a trial fetches only its own, and only when it starts from scratch.
-    """
-    torch.set_num_threads(threads)
-    candidate = candidates[config["candidate"]]
-    stop_point("trial", at=list(candidates).index(candidate.name) + 1)  # a test holds one candidate here
-    device = "cuda" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
-    validation = fixed_batches(spec.validation, spec.normalizer, spec.eval_batch_size, device)
-    steps_per_epoch = len(spec.train) // spec.optim.batch_size
-    with tempfile.TemporaryDirectory(prefix="metaprune-tune-") as work:
-        history = _resume_into(Path(work))  # the weights then come from the checkpoint
-        weights = None if history or initial[candidate.name] is None else ray.get(initial[candidate.name])
-        model = _initial_model(SearchSpace.from_dict(spec.space), candidate.config, weights, spec.seed).to(device)
-        loss_fn = _distill_loss(spec, device)
-        for epoch in range(len(history) + 1, spec.optim.epochs + 1):
-            train(
-                model, lambda x, step: model(x), spec.train, spec.normalizer, spec.optim, seed=spec.seed,
-                checkpoint=Path(work) / WEIGHTS_FILE, flip=spec.flip, device=device, progress=False,
-                meta={"candidate": candidate.name, "config": list(candidate.config)}, until_step=epoch * steps_per_epoch,
-                loss_fn=loss_fn, amp=spec.amp,
-            )  # fmt: skip
-            history.append(top1(model, validation))
-            atomic_write_json(Path(work) / "history.json", history)
-            metrics = {TIME_ATTR: epoch, METRIC: history[-1], HISTORY: list(history)}
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
-
-
-def _initial_model(space: SearchSpace, config: Config, weights: dict[str, torch.Tensor] | None, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)  # scratch init as the pipeline's winner_model does it
-    model = build_subnet(space, config)
-    if weights is not None:
-        model.load_state_dict(weights)
-    return model
-
-
-def _resume_into(work: Path) -> list[float]:
-    """Copy the trial's last Tune checkpoint (if restored) into `work`; the val top-1 history so far."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return []
-    with checkpoint.as_directory() as saved:
-        for name in (WEIGHTS_FILE, "history.json"):
-            shutil.copyfile(Path(saved) / name, work / name)
-    history: list[float] = json.loads((work / "history.json").read_text())
-    return history
 
 
 # ---------------------------------------------------------------- the driver
@@ -261,26 +190,32 @@ def _trial_dirname(trial: Any) -> str:
     return str(trial.config["candidate"])
 
 
-def _trainable(candidates: list[Candidate], spec: TuneSpec) -> tuple[Any, int]:
+def trial_resources(cluster: dict[str, float], device: str, trials: int) -> tuple[int, int, int]:
+    """How many of `trials` run at once on a cluster with `cluster` resources (`ray.cluster_resources()`),
+    and the CPUs and GPUs each asks for: one GPU each wherever the cluster has GPUs, unless `device`
+    (`TuneSpec.device`) is cpu; the cluster's CPUs shared out between the trials that run at once."""
+    cpus, gpus = int(cluster.get("CPU", 1)), int(cluster.get("GPU", 0))
+    use_gpus = gpus > 0 and device != "cpu"
+    slots = min(gpus, trials) if use_gpus else max(1, min(cpus, trials))
+    return slots, max(1, cpus // slots), int(use_gpus)
+
+
+def _trainable(candidates: list[TrialStart], spec: TuneSpec) -> tuple[Any, int]:
     """The trial function with data in the object store and its resources; how many fit at once."""
-    resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    use_gpus = gpus > 0 and spec.device != "cpu"
-    slots = min(gpus, len(candidates)) if use_gpus else max(1, min(cpus, len(candidates)))
-    cpus_per_trial = max(1, cpus // slots)
+    slots, cpus_per_trial, gpus_per_trial = trial_resources(ray.cluster_resources(), spec.device, len(candidates))
     bound = tune.with_parameters(
-        _run_trial,
+        run_trial,
         spec=spec,
         candidates={c.name: replace(c, initial=None) for c in candidates},
         initial={c.name: None if c.initial is None else ray.put(c.initial) for c in candidates},
         threads=cpus_per_trial,
     )
-    return tune.with_resources(bound, {"cpu": float(cpus_per_trial), "gpu": float(use_gpus)}), slots
+    return tune.with_resources(bound, {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}), slots
 
 
 def _tuner(
     trainable: Any,
-    candidates: list[Candidate],
+    candidates: list[TrialStart],
     spec: TuneSpec,
     storage_dir: Path,
     grace_epochs: int,
@@ -289,7 +224,7 @@ def _tuner(
     progress: bool,
 ) -> tune.Tuner:
     """Restore the experiment in `storage_dir` if one was started there, else a new one."""
-    if _restorable(storage_dir):
+    if restorable(storage_dir):
         return tune.Tuner.restore(str(storage_dir), trainable, resume_unfinished=True, resume_errored=True)
     scheduler = _DurableASHA(
         time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=spec.optim.epochs,
@@ -313,23 +248,7 @@ def _tuner(
     )
 
 
-def _restorable(storage_dir: Path) -> bool:
-    """Whether Tune saved an experiment there (a kill before its first state file leaves none)."""
-    states = list(storage_dir.glob("experiment_state-*.json"))  # trial statuses, last results, checkpoints
-    if not tune.Tuner.can_restore(storage_dir) or not states:
-        return False
-    for path in states:  # Tune rewrites it in place: after a kill mid-write, Tune would log the
-        try:  # error and go on to start trials without a config
-            json.loads(path.read_text())
-        except ValueError:
-            raise UserError(
-                f"Tune's saved state {path} is torn (the driver was killed while Tune wrote it), so the experiment "
-                f"cannot be resumed; delete {storage_dir} to fine-tune again"
-            ) from None
-    return True
-
-
-def _outcomes(results: Any, candidates: list[Candidate], max_t: int) -> list[TuneOutcome]:
+def _outcomes(results: Any, candidates: list[TrialStart], max_t: int) -> list[TuneOutcome]:
     if errors := [f"{(r.config or {}).get('candidate', r.path)}: {_last_line(r.error)}" for r in results if r.error]:
         raise UserError(f"{len(errors)} fine-tuning trial(s) failed ({'; '.join(errors)}); run again to resume them")
     by_name = {r.config["candidate"]: r for r in results}
@@ -351,7 +270,7 @@ def _unreported(result: Any) -> bool:
     return result.checkpoint is None or TIME_ATTR not in (result.metrics or {})
 
 
-def _outcome(result: Any, candidate: Candidate, max_t: int) -> TuneOutcome:
+def _outcome(result: Any, candidate: TrialStart, max_t: int) -> TuneOutcome:
     epochs = int(result.metrics[TIME_ATTR])
     return TuneOutcome(
         name=candidate.name,
@@ -362,68 +281,3 @@ def _outcome(result: Any, candidate: Candidate, max_t: int) -> TuneOutcome:
         stopped_early=epochs < max_t,
         checkpoint=Path(result.checkpoint.path) / WEIGHTS_FILE,
     )
-
-
-# ---------------------------------------------------------------- one experiment per directory
-
-
-def _fingerprint(candidates: list[Candidate], spec: TuneSpec, grace_epochs: int, reduction_factor: int) -> dict[str, Any]:
-    """What the outcomes depend on: the candidates, their initial weights, data and settings."""
-    return {
-        "candidates": [
-            {"name": c.name, "config": list(c.config), "initial": None if c.initial is None else _digest(c.initial)}
-            for c in candidates
-        ],
-        "space": _digest(spec.space),
-        "data": _digest(
-            {"train": [spec.train.images, spec.train.labels], "val": [spec.validation.images, spec.validation.labels]}
-        ),
-        "normalizer": asdict(spec.normalizer),
-        "optim": asdict(spec.optim),
-        "flip": spec.flip,
-        "seed": spec.seed,
-        "teachers": [hashlib.sha1(data).hexdigest() for data in spec.teachers],
-        "teacher_weights": spec.teacher_weights,
-        "distill": None if spec.distill is None else asdict(spec.distill),
-        "amp": spec.amp,
-        "grace_epochs": grace_epochs,
-        "reduction_factor": reduction_factor,
-    }
-
-
-def _digest(value: Any) -> str:
-    sha = hashlib.sha1()
-
-    def feed(item: Any) -> None:
-        if isinstance(item, torch.Tensor):
-            sha.update(f"{item.dtype}{tuple(item.shape)}".encode())
-            sha.update(item.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(item, dict):
-            for key in sorted(item):
-                sha.update(str(key).encode())
-                feed(item[key])
-        elif isinstance(item, list | tuple):
-            for element in item:
-                feed(element)
-        else:
-            sha.update(json.dumps(item).encode())
-
-    feed(value)
-    return sha.hexdigest()[:16]
-
-
-def _guard_storage(storage_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Record what the experiment is started with; refuse to resume it with anything else."""
-    path = storage_dir / GUARD_FILE
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != fingerprint:
-            changed = sorted(key for key in fingerprint.keys() | stored.keys() if stored.get(key) != fingerprint.get(key))
-            raise UserError(
-                f"{storage_dir} holds a fine-tuning experiment started with other {', '.join(changed)}; "
-                "use the original settings or another directory"
-            )
-        return
-    if storage_dir.exists() and any(storage_dir.iterdir()):
-        raise UserError(f"{storage_dir} is not empty and holds no metaprune fine-tuning experiment; choose another directory")
-    atomic_write_json(path, fingerprint)

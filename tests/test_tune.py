@@ -28,7 +28,7 @@ from metaprune.data import Normalizer, synthetic
 from metaprune.errors import UserError
 from metaprune.score import fixed_batches, top1
 from metaprune.train import OptimConfig, train
-from metaprune.tune import HISTORY, Candidate, TuneSpec, _DurableASHA, tune_finetune
+from metaprune.tune import HISTORY, Candidate, TrialStart, TuneSpec, _DurableASHA, trial_device, trial_resources, tune_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -43,10 +43,10 @@ def space() -> ss.SearchSpace:
     return ss.create_space("resnet20", num_classes=4, in_channels=3, resolution=16, width_mult=0.25)
 
 
-def candidates(inherit: bool = False) -> list[Candidate]:
+def candidates(inherit: bool = False) -> list[TrialStart]:
     """With `inherit`, the last candidate starts from given weights (seed 1), the others from scratch."""
     genes = space().genes
-    found = [Candidate(f"w{round(100 * f):03d}", tuple(round(f * (len(g.choices) - 1)) for g in genes)) for f in FRACTIONS]
+    found = [TrialStart(f"w{round(100 * f):03d}", tuple(round(f * (len(g.choices) - 1)) for g in genes)) for f in FRACTIONS]
     if inherit:
         torch.manual_seed(1)
         found[-1].initial = ss.build_subnet(space(), found[-1].config).state_dict()
@@ -82,7 +82,7 @@ def result_lines(storage: Path) -> dict[str, str]:
     return {path.parent.name: path.read_text() for path in sorted(storage.glob("*/result.json"))}
 
 
-def trained_weights(candidate: Candidate, spec: TuneSpec, stops: list[int | None], checkpoint: Path) -> dict[str, torch.Tensor]:
+def trained_weights(candidate: TrialStart, spec: TuneSpec, stops: list[int | None], checkpoint: Path) -> dict[str, torch.Tensor]:
     """The candidate trained in this process as a trial trains it, stopping at each of `stops` in turn."""
     torch.manual_seed(spec.seed)
     model = ss.build_subnet(space(), candidate.config)
@@ -273,3 +273,16 @@ def test_a_directory_holding_something_else_is_refused(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an experiment")
     with pytest.raises(UserError, match="not empty"):
         tune_finetune(candidates(), make_spec(), tmp_path)
+
+
+def test_trials_ask_for_the_clusters_gpus_whatever_the_driver_has() -> None:
+    # a driver without a GPU (device auto resolved to cpu there) still sends its trials to GPU nodes
+    assert [trial_device(d) for d in ("auto", "cuda", "cpu")] == ["auto", "auto", "cpu"]
+    gpu_cluster = {"CPU": 16.0, "GPU": 2.0}
+    assert trial_resources(gpu_cluster, trial_device("auto"), trials=4) == (2, 8, 1)  # one GPU each, two at a time
+    assert trial_resources(gpu_cluster, trial_device("cpu"), trials=4) == (4, 4, 0)  # pinned to the CPU
+    assert trial_resources({"CPU": 2.0}, "auto", trials=4) == (2, 1, 0)  # no GPUs anywhere
+
+
+def test_the_old_name_of_a_trial_start_still_works() -> None:
+    assert Candidate is TrialStart  # metaprune.pipeline still says tune.Candidate
