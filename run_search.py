@@ -128,14 +128,11 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--max-flops must be >= 0 (a fraction <= 1 or absolute FLOPs), got {pick.max_flops:g}")
     if pick.trial is not None and pick.max_flops is not None:
         raise UserError("give either --trial or --max-flops, not both")
-    pipeline = Run(cfg, run_dir, pick)
-    method = {"pipeline": pipeline.pipeline, "train-base": pipeline.train_base, "train-pruningnet": pipeline.train_pruningnet,
-              "search": pipeline.search, "finetune": pipeline.finetune, "quantize": pipeline.quantize,
-              "export": pipeline.export}[stage]  # fmt: skip
+    run = Run(cfg, run_dir, pick)
     try:
-        result = method()
+        result = run.stage(stage)
     finally:
-        pipeline.close()
+        run.close()
     print(json.dumps(result, indent=2))
     print(f"\n{stage} finished. Results: {run_dir / 'summary.json'}", file=sys.stderr)
     if stage in ("pipeline", "export"):

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 import search_spaces as ss
+from metaprune.context import Context
 from metaprune.errors import UserError
 from metaprune.importance import channel_ranking, check_full_weights, order_channels
+from metaprune.run_dir import BASE, PRUNINGNET
 from metaprune.train import checkpoint_header, load_trained_weights
 
-if TYPE_CHECKING:
-    from metaprune.pipeline import Run
-
-BASE = "base.pt"
-PRUNINGNET = "pruningnet.pt"
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime, size) -> digest of the weights in it
 
 
-def weights_file(run: Run) -> Path | None:
+def weights_file(run: Context) -> Path | None:
     return Path(run.cfg.base.weights).expanduser() if run.cfg.base.weights else None
 
 
@@ -56,18 +53,18 @@ def load_weights_file(space: ss.SearchSpace, path: Path) -> dict[str, torch.Tens
     return weights
 
 
-def base_finished(run: Run) -> bool:
+def base_finished(run: Context) -> bool:
     path = run.dir / BASE
     header = checkpoint_header(path) if path.exists() else None
     return header is not None and header["step"] == header["total_steps"]
 
 
-def available(run: Run) -> bool:
+def available(run: Context) -> bool:
     """Is there a trained full network: the user's file, or a finished train-base."""
     return weights_file(run) is not None or base_finished(run)
 
 
-def state(run: Run) -> dict[str, torch.Tensor]:
+def state(run: Context) -> dict[str, torch.Tensor]:
     """The trained full network's weights (on the CPU)."""
     path = weights_file(run)
     if path is not None:
@@ -80,20 +77,20 @@ def state(run: Run) -> dict[str, torch.Tensor]:
     return load_trained_weights(run.dir / BASE)
 
 
-def model(run: Run) -> ss.Network:
+def model(run: Context) -> ss.Network:
     """The trained full network on the run's device, in eval mode."""
     network = ss.build_subnet(run.space, run.space.largest)
     network.load_state_dict(state(run))
     return network.to(run.device).eval()
 
 
-def ordered(run: Run, network: torch.nn.Module | None = None) -> ss.Network:
+def ordered(run: Context, network: torch.nn.Module | None = None) -> ss.Network:
     """The trained full network with every gene's channels in `pruningnet.ranking` order."""
     network = model(run) if network is None else network
     return order_channels(run.space, network, channel_ranking(run.space, network, run.cfg.pruningnet.ranking))
 
 
-def identity(run: Run) -> str:
+def identity(run: Context) -> str:
     """A digest of the trained network's weights (cached per file version: cheap to ask again)."""
     path = weights_file(run) or run.dir / BASE
     stat = path.stat()
@@ -108,7 +105,7 @@ def identity(run: Run) -> str:
     return _DIGESTS[key]
 
 
-def pruningnet_init(run: Run) -> str:
+def pruningnet_init(run: Context) -> str:
     """`pruningnet.init` resolved: auto is trained when a trained network exists, or, once the
     PruningNet is made, what it was made as (a later train-base does not disown it)."""
     init = run.cfg.pruningnet.init
@@ -120,7 +117,7 @@ def pruningnet_init(run: Run) -> str:
     return "trained" if available(run) else "scratch"
 
 
-def require(run: Run, what: str) -> None:
+def require(run: Context, what: str) -> None:
     """A one-line error (before anything is written) when `what` needs a trained network and none exists."""
     if not available(run):
         raise UserError(
@@ -129,14 +126,14 @@ def require(run: Run, what: str) -> None:
         )
 
 
-def check_normalisation(run: Run, channels: int) -> None:
+def check_normalisation(run: Context, channels: int) -> None:
     for key in ("mean", "std"):
         values: Any = getattr(run.cfg.data, key)
         if values is not None and len(values) != channels:
             raise UserError(f"data.{key} has {len(values)} values but the images have {channels} channels; give one per channel")
 
 
-def read_weights(run: Run) -> None:
+def read_weights(run: Context) -> None:
     """Check `base.weights` at start-up, before anything in the run directory is written."""
     path = weights_file(run)
     if path is not None:

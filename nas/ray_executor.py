@@ -68,12 +68,13 @@ class ActorPlan:
 
     device: str  # "cpu" or "cuda" (Ray makes an actor's one GPU its cuda:0)
     num_cpus: int  # CPUs Ray reserves per actor
-    num_gpus: int  # 0 or 1
+    num_gpus: float  # 0 on CPU; 1, or a share of one GPU when there are more actors than GPUs
     threads: int  # torch.set_num_threads inside the actor
 
 
 def plan_actors(workers: int, node_cpus: list[int], gpus: int, device: str = "auto", threads: int | None = None) -> ActorPlan:
-    """One actor per GPU when the cluster has GPUs, otherwise the CPUs shared out among `workers` actors.
+    """One actor per GPU when the cluster has GPUs (sharing them when `workers` exceeds them), otherwise
+    the CPUs shared out among `workers` actors.
 
     On CPU, torch threads per actor are `threads`, or by default `cluster CPUs // workers`, lowered
     where nodes of unequal size could not otherwise hold `workers` actors (an actor sits on one node).
@@ -83,9 +84,12 @@ def plan_actors(workers: int, node_cpus: list[int], gpus: int, device: str = "au
     if workers < 1 or (threads is not None and threads < 1):
         raise ValueError(f"workers and threads must be at least 1, but got workers={workers}, threads={threads}")
     if device == "cuda" or (device == "auto" and gpus > 0):
-        if workers > gpus:
-            raise ValueError(f"workers={workers} needs one GPU each, but the Ray cluster has {gpus} GPUs")
-        return ActorPlan("cuda", num_cpus=1, num_gpus=1, threads=1)
+        if gpus == 0:
+            raise ValueError("device=cuda needs GPUs, but the Ray cluster has none; use device=auto or cpu")
+        # More actors than GPUs share them (scoring one candidate uses a sliver of a GPU): the default
+        # workers=2 must run on a one-GPU machine. Each GPU holds `per_gpu` actors.
+        per_gpu = -(-workers // gpus)
+        return ActorPlan("cuda", num_cpus=1, num_gpus=1 / per_gpu, threads=1)
     least = threads or 1
     for each in range(threads or max(1, sum(node_cpus) // workers), least - 1, -1):
         if sum(cpus // each for cpus in node_cpus) >= workers:

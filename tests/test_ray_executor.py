@@ -137,8 +137,10 @@ def test_plan_actors() -> None:
         plan_actors(4, [5, 2], gpus=0, threads=2)
     assert plan_actors(2, [8], gpus=2).device == "cuda"
     assert plan_actors(2, [8], gpus=2, device="cpu").device == "cpu"
-    with pytest.raises(ValueError, match="needs one GPU each, but the Ray cluster has 1 GPUs"):
-        plan_actors(2, [8], gpus=1)
+    assert plan_actors(2, [8], gpus=1).num_gpus == 0.5  # the default workers=2 on a one-GPU machine: they share it
+    assert plan_actors(3, [8], gpus=2).num_gpus == 0.5 and plan_actors(2, [8], gpus=2).num_gpus == 1
+    with pytest.raises(ValueError, match="needs GPUs, but the Ray cluster has none"):
+        plan_actors(2, [8], gpus=0, device="cuda")
     with pytest.raises(ValueError, match="device must be one of"):
         plan_actors(1, [8], gpus=0, device="tpu")
 

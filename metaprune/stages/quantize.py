@@ -1,67 +1,66 @@
-"""The last two stages: `quantize` (INT8 and friends, measured) and `export` (every deployable file).
-
-quantize: the chosen model (fine-tuned, else generated) with its normalisation baked in is exported
+"""quantize: the chosen model (fine-tuned, else generated) with its normalisation baked in is exported
 to ONNX, quantized to INT8 with ONNX Runtime's static QDQ quantization calibrated on training
 images, and the two are compared inside ONNX Runtime on the test split: top-1, file size, median
 latency at batch 1 and 32 with fixed threads. If INT8 loses more than `quantize.max_drop` points,
 quantization-aware training (resumable, `quantize/<id>/qat.pt`) tries to win them back, and the
 better INT8 model is kept. Beside them: bf16 / fp16 autocast top-1 in PyTorch, dynamic INT8 of
 the linear layers, and low-bit weights (`compress.*`) with their packed size. Files go to
-`quantize/<id>/`, `<id>` naming the model and the settings, so nothing is overwritten.
-
-export: architecture.json + weights.pt (rebuilt by `search_spaces.load_subnet`), model.onnx
-(checked against PyTorch with ONNX Runtime), model.pt2 (a torch.export program) and, when
-`quantize` ran for the same model, model.int8.onnx. Each is reloaded and compared.
+`quantize/<id>/` with the result in its `result.json`, `<id>` naming the model and the settings,
+so nothing is overwritten and a finished quantization is never redone.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
-import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-import search_spaces as ss
 from metaprune import deploy, qat
+from metaprune.choice import Chosen, chosen_model
 from metaprune.compress import quantize_weights
-from metaprune.data import Normalizer
-from metaprune.io import atomic_torch_save, atomic_write_json
+from metaprune.context import Context
+from metaprune.identity import digest, quantize_identity
+from metaprune.io import atomic_write_json
 from metaprune.latency import onnx_latency, torch_latency
+from metaprune.run_dir import QUANTIZE
 from metaprune.score import calibration_images, fixed_batches, top1
+from metaprune.studies import study_name
 from metaprune.train import train
 
-if TYPE_CHECKING:
-    from metaprune.pipeline import Chosen, Run
-
-QUANTIZE = "quantize"
+RESULT = "result.json"
 LATENCY_BATCHES = (1, 32)
 HALF_IMAGES_CPU = 1000
 MB = 1e6
 
 
-def _work_dir(run: Run, chosen: Chosen) -> Path:
+def work_dir(run: Context, chosen: Chosen) -> Path:
     """One directory per (model, quantize settings): the model named by its weights' checkpoint."""
-    source = str(chosen.checkpoint.name) if chosen.checkpoint else f"generated-{run.study_name()}-{chosen.candidate.trial}"
-    settings = run.cfg.to_dict()
-    identity = {"model": source, "config": list(chosen.candidate.config)}
-    identity |= {key: settings[key] for key in ("quantize", "compress", "latency")}
-    return run.dir / QUANTIZE / hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    source = str(chosen.checkpoint.name) if chosen.checkpoint else f"generated-{study_name(run)}-{chosen.candidate.trial}"
+    return run.dir / QUANTIZE / digest(quantize_identity(source, chosen.candidate.config, run))
 
 
-def quantize(run: Run) -> dict[str, Any]:
-    chosen = run.chosen_model()
-    run._begin()
-    cfg, data, space = run.cfg.quantize, run.prepared, run.space
-    work = _work_dir(run, chosen)
-    done = run.summary().get("quantize")
-    if done and (run.dir / done["files"]["int8"]).parent == work and all((run.dir / f).exists() for f in done["files"].values()):
-        return dict(done)  # this model under these settings is quantized and measured: nothing to redo
-    shape = (space.in_channels, space.resolution, space.resolution)
-    model = chosen.model.cpu().eval()
+def finished(run: Context, work: Path) -> dict[str, Any] | None:
+    """The result of a finished quantization in `work`, if all its files are there."""
+    path = work / RESULT
+    done = json.loads(path.read_text()) if path.exists() else None
+    return done if done and all((run.dir / f).exists() for f in done["files"].values()) else None
+
+
+def run(run: Context) -> dict[str, Any]:
+    chosen = chosen_model(run)
+    run.begin()
+    cfg, data = run.cfg.quantize, run.prepared
+    work = work_dir(run, chosen)
+    done = finished(run, work)
+    if done is not None:  # this model under these settings is quantized and measured: nothing to redo
+        run.store.report("quantize", done)
+        return done
+    shape = run.image_shape()
+    model = copy.deepcopy(chosen.model).cpu().eval()  # a copy: the caller's model stays on its device
     deployable = deploy.Deployable(model, data.normalizer).eval()
     fp32 = deploy.export_onnx(deployable, shape, work / "model.onnx")
     images, labels = data.test.images, data.test.labels
@@ -100,7 +99,8 @@ def quantize(run: Run) -> dict[str, Any]:
         "files": {"fp32": str(fp32.relative_to(run.dir)), "int8": str(int8.relative_to(run.dir))},
         "max_drop_exceeded": fp32_top1 - int8_top1 > cfg.max_drop,
     }
-    run._update_summary("quantize", summary)
+    atomic_write_json(work / RESULT, summary)
+    run.store.report("quantize", summary)
     if summary["max_drop_exceeded"]:
         print(
             f"warning: INT8 top-1 {int8_top1:.2f}% is more than quantize.max_drop={cfg.max_drop:g} points below FP32 "
@@ -110,7 +110,7 @@ def quantize(run: Run) -> dict[str, Any]:
     return summary
 
 
-def _latencies(run: Run, deployable: torch.nn.Module, fp32: Path, int8: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
+def _latencies(run: Context, deployable: torch.nn.Module, fp32: Path, int8: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
     """Median latency (ms) of each file in ONNX Runtime and of FP32 in PyTorch eager, at batch 1 and 32."""
     lat = run.cfg.latency
     table: dict[str, dict[str, float]] = {}
@@ -129,7 +129,7 @@ def _latencies(run: Run, deployable: torch.nn.Module, fp32: Path, int8: Path, sh
     }
 
 
-def _qat(run: Run, model: torch.nn.Module, calib: torch.Tensor, work: Path) -> Path:
+def _qat(run: Context, model: torch.nn.Module, calib: torch.Tensor, work: Path) -> Path:
     """Quantization-aware training from the FP32 weights (resumable), exported as INT8 ONNX."""
     cfg, data = run.cfg.quantize, run.prepared
     batches = [data.normalizer(calib[i : i + cfg.qat_batch_size]) for i in range(0, len(calib), cfg.qat_batch_size)]
@@ -139,11 +139,10 @@ def _qat(run: Run, model: torch.nn.Module, calib: torch.Tensor, work: Path) -> P
         trainee, lambda x, step: trainee(x), data.train, data.normalizer, optim, seed=run.cfg.seed, checkpoint=work / "qat.pt",
         flip=run.cfg.data.flip, desc="qat", progress=run.cfg.progress, meta={"quantize": run.cfg.to_dict()["quantize"]},
     )  # fmt: skip
-    shape = (run.space.in_channels, run.space.resolution, run.space.resolution)
-    return qat.export_qat_onnx(trainee.eval(), data.normalizer, shape, work / "model.qat.onnx")
+    return qat.export_qat_onnx(trainee.eval(), data.normalizer, run.image_shape(), work / "model.qat.onnx")
 
 
-def _half(run: Run, model: torch.nn.Module) -> dict[str, Any]:
+def _half(run: Context, model: torch.nn.Module) -> dict[str, Any]:
     """Top-1 under autocast: what bf16 (and fp16) inference would give, beside FP32 on the same
     images. Without bf16/fp16 units a CPU emulates them (tens of times slower than FP32), so on a
     CPU only the first HALF_IMAGES_CPU test images are used; speed is not claimed."""
@@ -151,95 +150,23 @@ def _half(run: Run, model: torch.nn.Module) -> dict[str, Any]:
     test = data.test if run.device.type == "cuda" else data.test.subset(torch.arange(min(HALF_IMAGES_CPU, len(data.test))))
     device = run.device.type
     batches = fixed_batches(test, data.normalizer, run.cfg.score.eval_batch_size, device)
-    model = model.to(device)
+    model = copy.deepcopy(model).to(device)  # a copy on the run's device: the caller's stays on the CPU
     found: dict[str, Any] = {"images": len(test), "fp32": top1(model, batches)}
     found |= {
         name: deploy.half_top1(model, batches, dtype, device)
         for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
     }
-    model.cpu()
     return found
 
 
-def _dynamic(run: Run, fp32: Path, work: Path, onnx_top1: Any) -> dict[str, float]:
+def _dynamic(run: Context, fp32: Path, work: Path, onnx_top1: Any) -> dict[str, float]:
     path = deploy.quantize_dynamic_linear(fp32, work / "model.dynamic.onnx")
     return {"top1": onnx_top1(path), "mb": path.stat().st_size / MB}
 
 
-def _low_bit(run: Run, model: torch.nn.Module) -> dict[str, Any]:
+def _low_bit(run: Context, model: torch.nn.Module) -> dict[str, Any]:
     """Low-bit weights (compress.weight_scheme, weight_bits) as a size option, with their top-1."""
     cfg, data = run.cfg.compress, run.prepared
     quantized, packed = quantize_weights(model, cfg.weight_scheme, cfg.weight_bits, cfg.kmeans_iters)
     batches = fixed_batches(data.test, data.normalizer, run.cfg.score.eval_batch_size, "cpu")
     return {"scheme": cfg.weight_scheme, "bits": cfg.weight_bits, "top1": top1(quantized, batches), "packed_mb": packed / MB}
-
-
-# -- export ----------------------------------------------------------------------------------------
-
-
-def export(run: Run) -> dict[str, Any]:
-    chosen = run.chosen_model()
-    run._begin()
-    config, model, space = chosen.candidate.config, chosen.model, run.space
-    out = run.dir / "export"
-    if run.picked:
-        out = out / f"trial-{chosen.candidate.trial}"
-    summary = export_model(model, space, config, run.prepared.normalizer, run.splits.train.classes, out)
-    checks = _deployables(run, model, out)
-    summary["files"] += checks.pop("files")
-    summary.update(checks)
-    int8 = _quantized(run, chosen)
-    if int8 is not None:
-        shutil.copyfile(int8, out / "model.int8.onnx")
-        summary["files"].append(str(out / "model.int8.onnx"))
-    summary["weights"] = chosen.weights
-    if run.picked:  # exports of other points are listed beside the winner's
-        run._update_summary("exports", {**run.summary().get("exports", {}), out.name: {**summary, "config": list(config)}})
-    else:
-        run._update_summary("export", {**summary, "config": list(config)})
-    if chosen.weights == "generated":
-        print(
-            "note: exported generated weights (not fine-tuned); `run_search.py finetune` with the same choice trains them",
-            file=sys.stderr,
-        )
-    return summary
-
-
-def _deployables(run: Run, model: torch.nn.Module, out: Path) -> dict[str, Any]:
-    """model.onnx and model.pt2 (normalisation baked in: input pixels / 255), each reloaded and compared."""
-    space = run.space
-    shape = (space.in_channels, space.resolution, space.resolution)
-    deployable = deploy.Deployable(model, run.prepared.normalizer).eval()
-    onnx_path = deploy.export_onnx(deployable, shape, out / "model.onnx")
-    x = deploy._example(shape, 4)
-    program_diff = deploy.export_program(deployable, x, out / "model.pt2")
-    return {
-        "onnx_max_abs_diff": deploy.onnx_max_abs_diff(deployable, onnx_path, x),
-        "program_max_abs_diff": program_diff,
-        "files": [str(onnx_path), str(out / "model.pt2")],
-    }
-
-
-def _quantized(run: Run, chosen: Chosen) -> Path | None:
-    """The INT8 file of the last `quantize`, if it quantized this very model."""
-    done = run.summary().get("quantize")
-    if not done or done.get("config") != list(chosen.candidate.config) or done.get("weights") != chosen.weights:
-        return None
-    path = run.dir / done["files"]["int8"]
-    return path if path.exists() and path.parent == _work_dir(run, chosen) else None
-
-
-def export_model(
-    model: torch.nn.Module, space: ss.SearchSpace, config: ss.Config, normalizer: Normalizer, classes: list[str], out: Path
-) -> dict[str, Any]:
-    """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs."""
-    inputs = {"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std}
-    cost = ss.count(space, config)
-    arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
-    atomic_torch_save(out / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    atomic_write_json(out / "architecture.json", arch)
-    reloaded = ss.load_subnet(out)
-    x = torch.randn(4, space.in_channels, space.resolution, space.resolution, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
-    return {"files": [str(out / "architecture.json"), str(out / "weights.pt")], "reload_max_abs_diff": diff}

@@ -1,0 +1,119 @@
+"""What every stage works from: the resolved config, the run directory, the data and the space.
+
+`Context` is built once per command (`metaprune.pipeline.open_run` builds and checks it); stages are
+functions of it (`metaprune.stages`). It decodes the data lazily, so a command refused for a bad
+setting costs no decoding of a large dataset beyond its shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+import search_spaces as ss
+from metaprune.config import RunConfig, dump_config, validate
+from metaprune.data import ImageData, Normalizer, Splits, load_dataset, split
+from metaprune.errors import UserError
+from metaprune.run_dir import RunDir
+from metaprune.score import fixed_batches, top1
+from nas.budget import resolve_flops
+
+
+@dataclass
+class Prepared:
+    train: ImageData
+    val: ImageData
+    test: ImageData
+    normalizer: Normalizer
+
+
+@dataclass
+class Pick:
+    """Which point of the last search later stages use: a trial, the best under a FLOPs cap, or the winner."""
+
+    trial: int | None = None
+    max_flops: float | None = None  # <= 1: a fraction of the full model's FLOPs
+
+    @property
+    def picked(self) -> bool:
+        return self.trial is not None or self.max_flops is not None
+
+
+class Context:
+    """One command's view of a run: config, store, device, data, space, FLOPs windows."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None) -> None:
+        validate(cfg)
+        self.cfg, self.store, self.pick = cfg, RunDir(run_dir), pick or Pick()
+        self.dir = self.store.path
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.device = device(cfg.device)
+        try:
+            ss.get_family(cfg.space.family)  # fail on a typo before decoding a large dataset
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.splits: Splits = load_dataset(cfg.data.kind, cfg.data.path, cfg.data.split_seed)
+        channels, size = self.splits.train.shape
+        try:
+            self.space = ss.create_space(
+                cfg.space.family, len(self.splits.train.classes), channels, size, cfg.space.width_mult, cfg.space.channel_multiple
+            )
+            self.full = ss.count(self.space, self.space.largest)
+            self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops)
+            self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _window(self, low: float, high: float) -> tuple[float, float]:
+        window = (resolve_flops(low, self.full.flops), resolve_flops(high, self.full.flops))
+        ss.check_window(self.space, *window)
+        return window
+
+    @cached_property
+    def prepared(self) -> Prepared:
+        cfg = self.cfg.data
+        train_all = self.splits.train
+        if 0 < cfg.train_subset < len(train_all):  # seeded random subset: folder data is sorted by class
+            train_all = split(train_all, len(train_all) - cfg.train_subset, cfg.split_seed + 1)[0]
+        train_part, val = split(train_all, cfg.val_size, cfg.split_seed)
+        given = cfg.mean is not None and cfg.std is not None  # what the user's trained network expects
+        normalizer = Normalizer(list(cfg.mean), list(cfg.std)) if given else Normalizer.fit(train_part.images)  # type: ignore[arg-type]
+        return Prepared(train_part, val, self.splits.test, normalizer)
+
+    @property
+    def amp(self) -> bool:
+        """Mixed-precision training: asked for and on a GPU."""
+        return self.cfg.amp and self.device.type == "cuda"
+
+    @property
+    def device_kind(self) -> str:
+        return "cpu" if self.device.type == "cpu" else "cuda"
+
+    def begin(self) -> None:
+        """Own the run directory before a stage writes anything; the full model's figures go in the report."""
+        self.store.begin(dump_config(self.cfg))
+        base = {**self.store.stage_result("base"), "flops": self.full.flops, "params": self.full.params, "space": self.space.name}
+        self.store.report("base", base)
+
+    def test_top1(self, model: torch.nn.Module) -> float:
+        """Top-1 (%) on the test split, where the model is: used once per trained model, never to choose one."""
+        data = self.prepared
+        where = next(model.parameters()).device
+        return top1(model, fixed_batches(data.test, data.normalizer, self.cfg.score.eval_batch_size, where))
+
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.space.in_channels, self.space.resolution, self.space.resolution)
+
+
+def device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use --set device=cpu or device=auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)

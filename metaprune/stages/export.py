@@ -1,0 +1,87 @@
+"""export: architecture.json + weights.pt (rebuilt by `search_spaces.load_subnet`), model.onnx
+(checked against PyTorch with ONNX Runtime), model.pt2 (a torch.export program) and, when
+`quantize` ran for the same model, model.int8.onnx. Each is reloaded and compared. A picked point
+(--trial, --max-flops) goes to export/trial-N/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import search_spaces as ss
+from metaprune import deploy
+from metaprune.choice import Chosen, chosen_model
+from metaprune.context import Context
+from metaprune.data import Normalizer
+from metaprune.io import atomic_torch_save, atomic_write_json
+from metaprune.run_dir import EXPORT
+from metaprune.stages.quantize import finished, work_dir
+
+
+def run(run: Context) -> dict[str, Any]:
+    chosen = chosen_model(run)
+    run.begin()
+    config, model, space = chosen.candidate.config, chosen.model, run.space
+    out = run.dir / EXPORT
+    if run.pick.picked:
+        out = out / f"trial-{chosen.candidate.trial}"
+    summary = export_model(model, space, config, run.prepared.normalizer, run.splits.train.classes, out)
+    checks = _deployables(run, model, out)
+    summary["files"] += checks.pop("files")
+    summary.update(checks)
+    int8 = _quantized(run, chosen)
+    if int8 is not None:
+        shutil.copyfile(int8, out / "model.int8.onnx")
+        summary["files"].append(str(out / "model.int8.onnx"))
+    summary["weights"] = chosen.weights
+    if run.pick.picked:  # exports of other points are listed beside the winner's
+        run.store.report("exports", {**run.store.stage_result("exports"), out.name: {**summary, "config": list(config)}})
+    else:
+        run.store.report("export", {**summary, "config": list(config)})
+    if chosen.weights == "generated":
+        print(
+            "note: exported generated weights (not fine-tuned); `run_search.py finetune` with the same choice trains them",
+            file=sys.stderr,
+        )
+    return summary
+
+
+def _deployables(run: Context, model: torch.nn.Module, out: Path) -> dict[str, Any]:
+    """model.onnx and model.pt2 (normalisation baked in: input pixels / 255), each reloaded and compared."""
+    shape = run.image_shape()
+    deployable = deploy.Deployable(model, run.prepared.normalizer).eval()
+    onnx_path = deploy.export_onnx(deployable, shape, out / "model.onnx")
+    x = deploy._example(shape, 4)
+    program_diff = deploy.export_program(deployable, x, out / "model.pt2")
+    return {
+        "onnx_max_abs_diff": deploy.onnx_max_abs_diff(deployable, onnx_path, x),
+        "program_max_abs_diff": program_diff,
+        "files": [str(onnx_path), str(out / "model.pt2")],
+    }
+
+
+def _quantized(run: Context, chosen: Chosen) -> Path | None:
+    """The INT8 file of a finished `quantize` of this very model under these settings."""
+    done = finished(run, work_dir(run, chosen))
+    return None if done is None else run.dir / done["files"]["int8"]
+
+
+def export_model(
+    model: torch.nn.Module, space: ss.SearchSpace, config: ss.Config, normalizer: Normalizer, classes: list[str], out: Path
+) -> dict[str, Any]:
+    """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs."""
+    inputs = {"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std}
+    cost = ss.count(space, config)
+    arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
+    atomic_torch_save(out / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    atomic_write_json(out / "architecture.json", arch)
+    reloaded = ss.load_subnet(out)
+    x = torch.randn(4, space.in_channels, space.resolution, space.resolution, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
+    return {"files": [str(out / "architecture.json"), str(out / "weights.pt")], "reload_max_abs_diff": diff}
