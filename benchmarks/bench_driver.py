@@ -38,7 +38,7 @@ from metaprune.pruningnet import PruningNet, PruningNetConfig  # noqa: E402
 from metaprune.score import ScoreConfig, ScorerSpec, build_scorer, calibration_images  # noqa: E402
 from nas.evolution import EvolutionConfig  # noqa: E402
 from nas.executors import Scored, Task  # noqa: E402
-from nas.search import run_search  # noqa: E402
+from nas.search import drive_search  # noqa: E402
 from nas.searchers import SEARCHERS, make_searcher  # noqa: E402
 from nas.storage import Storage  # noqa: E402
 from nas.study import StudyRecord  # noqa: E402
@@ -93,7 +93,7 @@ def driver_seconds(space: ss.SearchSpace, searcher: str, trials: int, tail: int,
     with tempfile.TemporaryDirectory() as tmp:
         searcher_ = make_searcher(searcher, space, cfg, window, batch=10)
         record = StudyRecord(Storage("", Path(tmp)), searcher, "", space, {"bench": 1}, searcher_.directions, {}, window)
-        outcome = run_search(searcher_, record, InstantExecutor(space), trials, progress=False)
+        outcome = drive_search(searcher_, record, InstantExecutor(space), trials, progress=False)
     done, late_trials, late_seconds = 0, 0, 0.0
     for count, driver, _ in outcome.rounds:
         done += count

@@ -147,7 +147,7 @@ def run_arm(arm: Arm, tasks: list[Task]) -> tuple[float, dict[int, float]]:
     """Seconds to score every task (until the last result arrives), and the scores."""
     torch.set_num_threads(arm.driver_threads)
     began = time.perf_counter()
-    scores = {scored.task.trial: scored.proxy_top1 for scored in arm.executor.score(tasks)}
+    scores = {scored.task.slot: scored.proxy_top1 for scored in arm.executor.score(tasks)}
     return time.perf_counter() - began, scores
 
 

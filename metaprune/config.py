@@ -23,6 +23,7 @@ from metaprune.distill import DistillConfig
 from metaprune.errors import UserError
 from metaprune.latency import LatencyConfig
 from metaprune.score import ScoreConfig
+from metaprune.settings import choice, file, runtime
 from metaprune.train import OptimConfig
 from nas.evolution import EvolutionConfig
 
@@ -54,7 +55,7 @@ class BaseSection(OptimConfig):
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.05
-    weights: str = ""  # your trained full network's state dict (as build_subnet(space, space.largest)); replaces train-base
+    weights: str = file("")  # your trained full network's state dict (as build_subnet(space, space.largest)); replaces train-base
 
 
 @dataclass
@@ -76,10 +77,10 @@ class SearchSection(EvolutionConfig):
     min_flops: float = 0.0  # optional lower bound, same units
     searcher: str = "evolution"  # evolution (the paper) | tpe | nsga2 (accuracy/FLOPs front) | random
     batch: int = 10  # trials per round for tpe and random (evolution and nsga2 use population); fixed for reproducibility
-    executor: str = "inprocess"  # inprocess | ray (a pool of Ray actors, one per GPU or sharing the CPUs)
-    workers: int = 2  # Ray actors scoring candidates (executor=ray)
-    ray_address: str = ""  # join this Ray cluster (executor=ray); empty: RAY_ADDRESS if set, else start Ray locally
-    storage: str = ""  # Optuna storage URL for the studies (e.g. postgresql://...); empty: RUN_DIR/study.journal
+    executor: str = runtime("inprocess")  # inprocess | ray (a pool of Ray actors, one per GPU or sharing the CPUs)
+    workers: int = runtime(2)  # Ray actors scoring candidates (executor=ray)
+    ray_address: str = runtime("")  # join this Ray cluster (executor=ray); empty: RAY_ADDRESS if set, else start Ray locally
+    storage: str = runtime("")  # Optuna storage URL for the studies (e.g. postgresql://...); empty: RUN_DIR/study.journal
     max_latency_ms: float = 0.0  # > 0: also a latency budget, predicted by a per-layer table measured here (section latency)
 
 
@@ -90,19 +91,19 @@ class FinetuneSection(OptimConfig):
     lr: float = 0.05
     label_smoothing: float = 0.0
     init: str = "inherit"  # inherit: generated weights | filter: the trained network pruned to the widths | scratch (the paper)
-    top_k: int = 1  # > 1: fine-tune the k best candidates as Ray Tune trials under ASHA; the survivor wins
-    grace_epochs: int = 1  # top_k > 1: epochs every candidate trains before ASHA may stop it
-    reduction_factor: int = 2  # top_k > 1: ASHA keeps the best 1/reduction_factor at each rung
+    top_k: int = choice(1)  # > 1: fine-tune the k best candidates as Ray Tune trials under ASHA; the survivor wins
+    grace_epochs: int = choice(1)  # top_k > 1: epochs every candidate trains before ASHA may stop it
+    reduction_factor: int = choice(2)  # top_k > 1: ASHA keeps the best 1/reduction_factor at each rung
 
 
 @dataclass
 class RunConfig:
     name: str = "quickstart"  # the default run directory is runs/<name>/
     seed: int = 0  # seeds training; runs with equal configs and seeds give equal results
-    device: str = "auto"  # auto (cuda when present) | cpu | cuda
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    device: str = runtime("auto")  # auto (cuda when present) | cpu | cuda
+    threads: int = runtime(0)  # torch CPU threads (0 = torch's default)
     amp: bool = True  # mixed precision (bf16 autocast) when training on a CUDA GPU; no effect on a CPU
-    progress: bool = True  # progress bars on stderr
+    progress: bool = runtime(True)  # progress bars on stderr
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     base: BaseSection = field(default_factory=BaseSection)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import search_spaces as ss
-from metaprune import trained
+from metaprune import settings, trained
 from metaprune.config import PruningNetSection
 from metaprune.context import Context
 from metaprune.distill import parse_weights, teacher_paths
@@ -24,8 +24,6 @@ from metaprune.run_dir import BASE, FINETUNE, RECORD
 
 WARM_LR_FACTOR = 0.2  # a warm PruningNet's automatic rate, as a fraction of finetune.lr (see pruningnet_optim)
 FINETUNE_SETTINGS = "finetune-settings"  # what any fine-tune depends on, but for the winner
-NO_EFFECT = (("pruningnet", "checkpoint_every"), ("finetune", "checkpoint_every"), ("score", "eval_batch_size"))
-CHOOSING = ("top_k", "grace_epochs", "reduction_factor")  # finetune settings that choose what is trained, not how
 
 
 def digest(data: Any, length: int = 12) -> str:
@@ -43,15 +41,18 @@ def file_digest(path: Path) -> str:
 
 
 def _settings(ctx: Context) -> dict[str, Any]:
-    """The config as identities see it: no-effect settings out, data path resolved, unset settings out."""
+    """The config as identities see it: runtime settings out (each field says so, `metaprune.settings`),
+    the data path resolved, settings at their "as before they existed" value out."""
     full = ctx.cfg.to_dict()
-    for section, key in NO_EFFECT:
-        del full[section][key]
+    for item in dataclasses.fields(ctx.cfg):
+        section = getattr(ctx.cfg, item.name)
+        if dataclasses.is_dataclass(section):
+            full[item.name] = settings.without(section, full[item.name], settings.RUNTIME, settings.FILE)
     data = full["data"]
     data["path"] = str(Path(data["path"]).resolve()) if data["kind"] == "folder" and data["path"] else None
-    for section, key, unset in (("data", "mean", None), ("data", "std", None), ("space", "channel_multiple", 1)):
-        if full[section].get(key, unset) == unset:
-            full[section].pop(key, None)
+    for section_name, key, unset in (("data", "mean", None), ("data", "std", None), ("space", "channel_multiple", 1)):
+        if full[section_name].get(key, unset) == unset:
+            full[section_name].pop(key, None)
     return full
 
 
@@ -69,7 +70,7 @@ def meta(ctx: Context, artifact: str, winner: ss.Config | None = None) -> dict[s
         if not 0 < full["score"]["val_images"] < ctx.cfg.data.val_size:  # the whole split: as before the setting
             del found["score"]["val_images"]  # existed, so such runs resume
     if artifact in (FINETUNE, FINETUNE_SETTINGS):
-        found["finetune"] = {k: v for k, v in full["finetune"].items() if k not in CHOOSING}
+        found["finetune"] = settings.without(ctx.cfg.finetune, full["finetune"], settings.CHOICE)
         if ctx.cfg.finetune.init == "filter":
             found["finetune"]["trained"] = trained.identity(ctx)  # pruned from the trained network
     if artifact == FINETUNE:
@@ -82,9 +83,7 @@ def meta(ctx: Context, artifact: str, winner: ss.Config | None = None) -> dict[s
 
 def base_meta(ctx: Context) -> dict[str, Any]:
     """train-base's checkpoint: the data, the space and the `base` training settings."""
-    section = ctx.cfg.to_dict()["base"]
-    del section["checkpoint_every"], section["weights"]  # base.pt exists only without base.weights
-    return {**meta(ctx, BASE), "base": section}
+    return {**meta(ctx, BASE), "base": _settings(ctx)["base"]}  # (base.pt exists only without base.weights)
 
 
 def _pruningnet_identity(ctx: Context, section: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch import nn
 from metaprune.accuracy import top1_percent
 from metaprune.data import ImageData, Normalizer
 from metaprune.pruningnet import PruningNet, PruningNetConfig
+from metaprune.settings import runtime
 from search_spaces import Config, SearchSpace
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -29,7 +30,7 @@ class ScoreConfig:
     # fine-tuned accuracy stopped improving (CIFAR-10 ResNet-20, Kendall tau 0.20 / 0.47 / 0.78 / 0.78
     # at 256 / 1k / 4k / 6k images: benchmarks/bench_cifar.py)
     val_images: int = 3072  # validation images a candidate is scored on (0, or more than the split: the whole split)
-    eval_batch_size: int = 500  # images per validation batch
+    eval_batch_size: int = runtime(500)  # images per validation batch
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 
 from optuna.study import StudyDirection
 
+from metaprune import settings
 from metaprune.context import Context
 from metaprune.errors import UserError
 from metaprune.identity import digest, meta
@@ -20,7 +21,6 @@ from nas.storage import Storage, StorageError, redact
 from nas.study import Candidate, MetaMismatch, StudyRecord, load_candidates, run_studies
 
 T = TypeVar("T")
-WHERE_NOT_WHAT = ("executor", "workers", "ray_address", "storage")  # search settings that do not change a result
 
 
 def conflict(path: Path | str, changed: list[str], redo: list[str]) -> NoReturn:
@@ -62,9 +62,7 @@ def study_prefix(ctx: Context) -> str:
 
 def search_settings(ctx: Context) -> dict[str, Any]:
     """What the search does, not where it runs, with the resolved FLOPs window."""
-    search = ctx.cfg.to_dict()["search"]
-    for key in WHERE_NOT_WHAT:
-        del search[key]
+    search = settings.without(ctx.cfg.search, ctx.cfg.to_dict()["search"], settings.RUNTIME)
     search["window"] = list(ctx.search_window)
     if search["max_latency_ms"] > 0:  # the budget's meaning depends on what the table measures
         search["latency"] = {"batch": ctx.cfg.latency.batch, "threads": ctx.cfg.latency.threads}

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from metaprune.data import ImageData, Normalizer, augment, epoch_batches
 from metaprune.errors import UserError
 from metaprune.io import atomic_torch_save, safe_torch_load
+from metaprune.settings import runtime
 from nas.stops import stop_point
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -37,7 +38,7 @@ class OptimConfig:
     weight_decay: float = 1e-4  # L2 penalty on every parameter
     schedule: str = "cosine"  # cosine | linear (the paper) | constant, stepped per batch
     label_smoothing: float = 0.1  # cross-entropy label smoothing in [0, 1)
-    checkpoint_every: int = 100  # steps between checkpoints (also one at every epoch end)
+    checkpoint_every: int = runtime(100)  # steps between checkpoints (also one at every epoch end)
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:

@@ -35,9 +35,10 @@ class ScorerFactory(Protocol):
 
 @dataclass(frozen=True)
 class Task:
-    """One candidate to score. `trial` identifies it within its round (the driver uses the index in the round)."""
+    """One candidate to score. `slot` is its index in the round (not an Optuna trial number): results
+    arrive in any order and map back to their candidate by it."""
 
-    trial: int
+    slot: int
     config: Config
 
 

@@ -36,7 +36,7 @@ READY_TIMEOUT_S = 600.0  # building every scorer: shipping the factory and loadi
 STALL_TIMEOUT_S = 1800.0  # no chunk finished and no actor came back for this long: raise rather than hang
 DEVICES = ("auto", "cpu", "cuda")
 
-ChunkResult = tuple[str, list[tuple[int, float]]]  # (node that scored it, [(trial, proxy top-1)])
+ChunkResult = tuple[str, list[tuple[int, float]]]  # (node that scored it, [(slot, proxy top-1)])
 
 
 class ScoringActor:
@@ -55,7 +55,7 @@ class ScoringActor:
         return os.getpid()
 
     def score_chunk(self, tasks: list[Task]) -> ChunkResult:
-        return self.node, [(task.trial, self.scorer(task.config)) for task in tasks]
+        return self.node, [(task.slot, self.scorer(task.config)) for task in tasks]
 
 
 RemoteScoringActor: Any = ray.remote(ScoringActor)  # Ray's stubs lose the type through .options().remote()
@@ -112,18 +112,18 @@ class Chunk:
     tasks: list[Task]
     attempts: int = 0  # times it was lost with its actor
 
-    def trials(self) -> list[int]:
-        return [task.trial for task in self.tasks]
+    def slots(self) -> list[int]:
+        return [task.slot for task in self.tasks]
 
 
 class Round:
-    """The state of one `score` call: chunks waiting, chunks running (on which actor), trials yielded."""
+    """The state of one `score` call: chunks waiting, chunks running (on which actor), slots yielded."""
 
     def __init__(self, tasks: list[Task], chunk: int) -> None:
-        trials = [task.trial for task in tasks]
-        if len(set(trials)) != len(trials):
-            raise ValueError(f"trial numbers must be unique within a round, but got {sorted(trials)}")
-        self.tasks = {task.trial: task for task in tasks}
+        slots = [task.slot for task in tasks]
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"slots must be unique within a round, but got {sorted(slots)}")
+        self.tasks = {task.slot: task for task in tasks}
         self.waiting = deque(Chunk(tasks[i : i + chunk]) for i in range(0, len(tasks), chunk))
         self.running: dict[ray.ObjectRef, tuple[int, Chunk]] = {}
         self.yielded: set[int] = set()
@@ -139,7 +139,7 @@ class Round:
         chunk.attempts += 1
         if chunk.attempts >= MAX_ATTEMPTS:
             raise RuntimeError(
-                f"trials {chunk.trials()} failed {chunk.attempts} times because their Ray actor died; "
+                f"candidates {chunk.slots()} of the round failed {chunk.attempts} times because their Ray actor died; "
                 f"last error: {type(error).__name__}: {str(error).splitlines()[0]}"
             ) from error
         self.waiting.appendleft(chunk)
@@ -147,10 +147,10 @@ class Round:
     def results(self, chunk: Chunk, result: ChunkResult) -> Iterator[Scored]:
         """The chunk's scores not yielded before (a chunk may have been scored twice)."""
         node, scores = result
-        for trial, proxy_top1 in scores:
-            if trial in self.tasks and trial not in self.yielded:
-                self.yielded.add(trial)
-                yield Scored(self.tasks[trial], proxy_top1, node)
+        for slot, proxy_top1 in scores:
+            if slot in self.tasks and slot not in self.yielded:
+                self.yielded.add(slot)
+                yield Scored(self.tasks[slot], proxy_top1, node)
 
 
 # -- the executor -------------------------------------------------------------------------------
@@ -247,8 +247,8 @@ class RayExecutor:
             raise RuntimeError(f"all {len(self.actors)} Ray actors died and Ray gave up restarting them")
         ready, _ = ray.wait(refs, num_returns=1, timeout=STALL_TIMEOUT_S)
         if not ready:
-            running = sorted(trial for _, chunk in round_.running.values() for trial in chunk.trials())
-            raise RuntimeError(f"no Ray actor finished a chunk or came back in {STALL_TIMEOUT_S:.0f} s; trials running {running}")
+            running = sorted(slot for _, chunk in round_.running.values() for slot in chunk.slots())
+            raise RuntimeError(f"no Ray actor finished a chunk or came back in {STALL_TIMEOUT_S:.0f} s; slots running {running}")
         return ready
 
     def _collect(self, round_: Round, ref: ray.ObjectRef) -> Iterator[Scored]:

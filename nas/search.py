@@ -28,7 +28,7 @@ class SearchOutcome:
     rounds: list[tuple[int, float, float]]  # per round: (trials in it, driver seconds, scoring seconds)
 
 
-def run_search(searcher: Searcher, record: StudyRecord, executor: Executor, total: int, progress: bool = True) -> SearchOutcome:
+def drive_search(searcher: Searcher, record: StudyRecord, executor: Executor, total: int, progress: bool = True) -> SearchOutcome:
     """Run `searcher` to the end; `total` sizes the progress bar (trials the searcher will ask)."""
     bar = tqdm(total=total, desc="search", unit="trial", disable=not progress, dynamic_ncols=True)
     scored_now, scoring = 0, 0.0
@@ -45,7 +45,7 @@ def run_search(searcher: Searcher, record: StudyRecord, executor: Executor, tota
         for scored in executor.score(tasks):
             arrived = time.perf_counter()
             scoring_round += arrived - waited
-            index = scored.task.trial
+            index = scored.task.slot
             results[index] = record.tell_scored(round_[index], scored.proxy_top1, scored.node)
             stop_point("recorded")  # a test's chosen moment to kill or hold the driver
             scored_now += 1
@@ -71,7 +71,7 @@ def run_search(searcher: Searcher, record: StudyRecord, executor: Executor, tota
 def _settle(record: StudyRecord, round_: list[Pending]) -> tuple[dict[int, Candidate | None], list[Task], list[tuple[int, int]]]:
     """Record what needs no scoring; return the results so far, the tasks, and in-round repeats.
 
-    Task.trial carries the index in the round, so results map back without a search.
+    Task.slot carries the index in the round, so results map back without a search.
     """
     results: dict[int, Candidate | None] = {}
     tasks: list[Task] = []

@@ -54,9 +54,9 @@ def candidates(count: int, seed: int = 0) -> list[Task]:
 
 
 def by_trial(results: list[Scored]) -> dict[int, float]:
-    trials = [r.task.trial for r in results]
+    trials = [r.task.slot for r in results]
     assert len(trials) == len(set(trials)), f"a trial was yielded twice: {sorted(trials)}"
-    return {r.task.trial: r.proxy_top1 for r in results}
+    return {r.task.slot: r.proxy_top1 for r in results}
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ with RayExecutor(tiny_spec(), workers=2, address=sys.argv[1]) as executor:
     results = list(executor.score(candidates(12)))
     cluster = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
     print(json.dumps({"cluster": cluster, "initialized_ray": executor.initialized_ray,
-                      "scores": [[r.task.trial, r.proxy_top1, r.node] for r in results]}))
+                      "scores": [[r.task.slot, r.proxy_top1, r.node] for r in results]}))
 """
 
 

@@ -15,7 +15,7 @@ from metaprune.run_dir import FRONT_PLOT
 from metaprune.score import ScorerSpec
 from metaprune.studies import guard, open_study, rank
 from nas.executors import Executor, InProcessExecutor, JoinError, LazyExecutor, unreachable
-from nas.search import run_search
+from nas.search import drive_search
 from nas.searchers import make_searcher
 from nas.storage import redact
 from nas.study import Candidate, pareto_front
@@ -37,7 +37,7 @@ def run(ctx: Context) -> dict[str, Any]:
     executor = LazyExecutor(lambda: make_executor(ctx, spec))  # nothing to score: no Ray started
     try:
         total = search.population * search.generations
-        outcome = guard(ctx, lambda: run_search(searcher, record, executor, total, ctx.cfg.progress))
+        outcome = guard(ctx, lambda: drive_search(searcher, record, executor, total, ctx.cfg.progress))
     finally:
         executor.close()
     if not outcome.candidates:
