@@ -25,9 +25,16 @@ from metaprune.latency import LatencyConfig
 from metaprune.score import ScoreConfig
 from metaprune.settings import choice, file, runtime
 from metaprune.train import OptimConfig
-from nas.evolution import EvolutionConfig
 
 PRUNINGNET_INITS = ("auto", "trained", "scratch")
+# settings that moved into a searcher's own section: the old keys keep working (YAML and --set)
+MOVED = {
+    **{
+        ("search", key): ("search", "evolution", key)
+        for key in ("parents", "mutations", "crossovers", "mutation_prob", "include_uniform")
+    },
+    ("search", "batch"): ("search", "rounds", "batch"),
+}
 FINETUNE_INITS = ("inherit", "filter", "scratch")
 
 
@@ -72,11 +79,33 @@ class PruningNetSection(OptimConfig):
 
 
 @dataclass
-class SearchSection(EvolutionConfig):
+class EvolutionSection:
+    """search.evolution: the paper's evolutionary search (searcher=evolution only)."""
+
+    parents: int = 10  # best candidates that mutations and crossovers start from
+    mutations: int = 25  # mutants of the parents per generation
+    crossovers: int = 25  # uniform crossovers of two parents per generation
+    mutation_prob: float = 0.1  # chance that a mutation resamples each gene
+    include_uniform: bool = True  # the first generation holds the uniformly scaled network under the budget
+
+
+@dataclass
+class RoundsSection:
+    """search.rounds: searchers that ask a fixed number of trials per round (searcher=tpe, random)."""
+
+    batch: int = 10  # trials per round; fixed for reproducibility (evolution and nsga2 ask population per round)
+
+
+@dataclass
+class SearchSection:
     max_flops: float = 0.5  # the budget: <= 1 is a fraction of the full model, larger is absolute FLOPs
     min_flops: float = 0.0  # optional lower bound, same units
     searcher: str = "evolution"  # evolution (the paper) | tpe | nsga2 (accuracy/FLOPs front) | random
-    batch: int = 10  # trials per round for tpe and random (evolution and nsga2 use population); fixed for reproducibility
+    population: int = 50  # candidates per generation (evolution, nsga2); every searcher scores population x generations
+    generations: int = 20  # with population, the number of candidates scored
+    seed: int = 0  # seeds the search's own random choices
+    evolution: EvolutionSection = field(default_factory=EvolutionSection)
+    rounds: RoundsSection = field(default_factory=RoundsSection)
     executor: str = runtime("inprocess")  # inprocess | ray (a pool of Ray actors, one per GPU or sharing the CPUs)
     workers: int = runtime(2)  # Ray actors scoring candidates (executor=ray)
     ray_address: str = runtime("")  # join this Ray cluster (executor=ray); empty: RAY_ADDRESS if set, else start Ray locally
@@ -204,9 +233,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     for override in overrides or []:
         _set(data, override)
+    _move_old_keys(data)
     cfg: RunConfig = _build(RunConfig, data, "")
     validate(cfg)
     return cfg
+
+
+def _move_old_keys(data: dict[str, Any]) -> None:
+    """An old key (search.parents) becomes its new one (search.evolution.parents); both at once is an error."""
+    for (section, key), (_, sub, new_key) in MOVED.items():
+        node = data.get(section)
+        if not isinstance(node, dict) or key not in node:
+            continue
+        target = node.setdefault(sub, {})
+        if not isinstance(target, dict):
+            continue  # _build names the bad value
+        if new_key in target and target[new_key] != node[key]:
+            raise UserError(
+                f"config keys '{section}.{key}' and '{section}.{sub}.{new_key}' disagree; keep only {section}.{sub}.{new_key}"
+            )
+        target[new_key] = node.pop(key)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -287,7 +333,7 @@ def validate(cfg: RunConfig) -> None:
     from nas.searchers import SEARCHERS
 
     _require(search.searcher in SEARCHERS, "search.searcher", search.searcher, f"one of {', '.join(SEARCHERS)}")
-    _require(search.batch >= 1, "search.batch", search.batch, ">= 1")
+    _require(search.rounds.batch >= 1, "search.rounds.batch", search.rounds.batch, ">= 1")
     lat = search.max_latency_ms
     _require(lat >= 0 and math.isfinite(lat), "search.max_latency_ms", lat, ">= 0 (0 = no latency budget)")
     for key in ("batch", "threads", "runs"):
@@ -299,10 +345,11 @@ def validate(cfg: RunConfig) -> None:
         _require(search.population >= 2, "search.population", search.population, ">= 2 for searcher nsga2")
     _require(search.population >= 1, "search.population", search.population, ">= 1")
     _require(search.generations >= 1, "search.generations", search.generations, ">= 1")
-    _require(1 <= search.parents <= search.population, "search.parents", search.parents, "in [1, search.population]")
-    _require(search.mutations >= 0, "search.mutations", search.mutations, ">= 0")
-    _require(search.crossovers >= 0, "search.crossovers", search.crossovers, ">= 0")
-    _require(0 <= search.mutation_prob <= 1, "search.mutation_prob", search.mutation_prob, "in [0, 1]")
+    evo = search.evolution
+    _require(1 <= evo.parents <= search.population, "search.evolution.parents", evo.parents, "in [1, search.population]")
+    _require(evo.mutations >= 0, "search.evolution.mutations", evo.mutations, ">= 0")
+    _require(evo.crossovers >= 0, "search.evolution.crossovers", evo.crossovers, ">= 0")
+    _require(0 <= evo.mutation_prob <= 1, "search.evolution.mutation_prob", evo.mutation_prob, "in [0, 1]")
     for key, value in {
         "search.max_flops": search.max_flops,
         "search.min_flops": search.min_flops,
@@ -364,12 +411,22 @@ def describe_settings() -> str:
     for item in dataclasses.fields(RunConfig):
         value = getattr(defaults, item.name)
         if dataclasses.is_dataclass(value):
-            comments = _field_comments(type(value))
-            for sub in dataclasses.fields(value):
-                lines.append(_setting_line(f"{item.name}.{sub.name}", getattr(value, sub.name), comments.get(sub.name, "")))
+            lines += _section_lines(item.name, value)
         else:
             lines.append(_setting_line(item.name, value, top_comments.get(item.name, "")))
     return "\n".join(lines)
+
+
+def _section_lines(prefix: str, section: Any) -> list[str]:
+    comments = _field_comments(type(section))
+    lines: list[str] = []
+    for sub in dataclasses.fields(section):
+        value = getattr(section, sub.name)
+        if dataclasses.is_dataclass(value):
+            lines += _section_lines(f"{prefix}.{sub.name}", value)
+        else:
+            lines.append(_setting_line(f"{prefix}.{sub.name}", value, comments.get(sub.name, "")))
+    return lines
 
 
 def _setting_line(key: str, default: Any, comment: str) -> str:

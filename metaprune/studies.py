@@ -62,7 +62,10 @@ def study_prefix(ctx: Context) -> str:
 
 def search_settings(ctx: Context) -> dict[str, Any]:
     """What the search does, not where it runs, with the resolved FLOPs window."""
-    search = settings.without(ctx.cfg.search, ctx.cfg.to_dict()["search"], settings.RUNTIME)
+    nested = ctx.cfg.to_dict()["search"]
+    search = settings.without(ctx.cfg.search, nested, settings.RUNTIME)
+    for section in ("evolution", "rounds"):  # flat, as before the sections existed: study names stay the same
+        search |= search.pop(section)
     search["window"] = list(ctx.search_window)
     if search["max_latency_ms"] > 0:  # the budget's meaning depends on what the table measures
         search["latency"] = {"batch": ctx.cfg.latency.batch, "threads": ctx.cfg.latency.threads}

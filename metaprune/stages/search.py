@@ -3,6 +3,7 @@ PruningNet in this process or on Ray actors; every result lands in the study as 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from metaprune.latency import LatencyTable, build_latency_table, lut_accuracy, t
 from metaprune.run_dir import FRONT_PLOT
 from metaprune.score import ScorerSpec
 from metaprune.studies import guard, open_study, rank
+from nas.evolution import EvolutionConfig
 from nas.executors import Executor, InProcessExecutor, JoinError, LazyExecutor, unreachable
 from nas.search import drive_search
 from nas.searchers import make_searcher
@@ -30,7 +32,9 @@ def run(ctx: Context) -> dict[str, Any]:
     table = latency_table(ctx) if search.max_latency_ms > 0 else None
     feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
     try:
-        searcher = make_searcher(search.searcher, ctx.space, search, ctx.search_window, search.batch, feasible)
+        searcher = make_searcher(
+            search.searcher, ctx.space, searcher_config(ctx), ctx.search_window, search.rounds.batch, feasible
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
     record = open_study(ctx, True, searcher.directions, table.predict if table else None)  # may cut a torn tail
@@ -82,6 +86,13 @@ def _record_winner(ctx: Context, study: str, best: Candidate, summary: dict[str,
     else:
         ctx.store.set_winner(study, tuple(keep), "tune")
     ctx.store.report("search", summary, winner=best.config, also=keep)
+
+
+def searcher_config(ctx: Context) -> EvolutionConfig:
+    """The budget (population x generations, seed) with the evolution section, as nas's searchers take it."""
+    search = ctx.cfg.search
+    evo = dataclasses.asdict(search.evolution)
+    return EvolutionConfig(population=search.population, generations=search.generations, seed=search.seed, **evo)
 
 
 def make_executor(ctx: Context, spec: ScorerSpec) -> Executor:
