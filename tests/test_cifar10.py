@@ -17,7 +17,10 @@ from tests.conftest import CIFAR, ROOT
 
 TRAINED = ROOT.parent / "shared" / "models" / "resnet20_cifar10.metaprune.pt"
 
-pytestmark = pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/data/cifar10 is absent")
+pytestmark = [
+    pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/data/cifar10 is absent"),
+    pytest.mark.timeout(1800),  # real CIFAR-10: the two tests took about 20 minutes on a loaded 2-core machine
+]
 
 
 def test_short_pruningnet_training_gives_informative_scores(tmp_path: Path) -> None:
