@@ -114,6 +114,47 @@ def scored_configs(run_dir: Path) -> list[tuple[int, ...]]:
     return found
 
 
+def counted_top1(model: torch.nn.Module, mean: list[float], std: list[float]) -> float:
+    """Top-1 (%) of `model` on the test split of FAST's synthetic data, counted here: every test image
+    (128, one batch, as the pipeline's batches of 500 take them), normalised with `mean` and `std`
+    (a run records them in export/architecture.json). An independent figure to compare a summary's with."""
+    from metaprune.data import synthetic
+
+    test = synthetic().test
+    x = (test.images.float().div(255) - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        correct = int((model.eval()(x).argmax(1) == test.labels).sum())
+    return 100.0 * correct / len(test.labels)
+
+
+def onnx_counted_top1(path: Path) -> float:
+    """Top-1 (%) of an exported ONNX file (it takes pixels / 255) on FAST's synthetic test split, counted here."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from metaprune.data import synthetic
+
+    test = synthetic().test
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: (test.images.float() / 255).numpy()})[0]
+    return 100.0 * int((np.argmax(logits, 1) == test.labels.numpy()).sum()) / len(test.labels)
+
+
+def finetuned_top1(run_dir: Path) -> float:
+    """`counted_top1` of the run's fine-tuned winner, rebuilt from its checkpoint (summary.json
+    finetune.checkpoint) and the normaliser its export recorded."""
+    import json
+
+    import search_spaces as ss
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    arch = json.loads((run_dir / "export" / "architecture.json").read_text())
+    space = ss.SearchSpace.from_dict(arch["space"])
+    model = ss.build_subnet(space, tuple(summary["finetune"]["config"]))
+    model.load_state_dict(torch.load(run_dir / summary["finetune"]["checkpoint"], weights_only=True)["model"])
+    return counted_top1(model, arch["input"]["mean"], arch["input"]["std"])
+
+
 def _main_in_this_process(argv: list[str]) -> subprocess.CompletedProcess:
     """`run_search.main(argv)` with its output captured: the CLI's own entry point, without a
     fresh interpreter (2-3 s of imports per call). A traceback would surface as the test's error."""

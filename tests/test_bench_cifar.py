@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 import search_spaces as ss
 from metaprune.data import Normalizer, synthetic
-from tests.conftest import ROOT
+from tests.conftest import ROOT, counted_top1
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -40,6 +41,7 @@ def users_weights(path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(900)  # every arm fine-tuned at two seeds and two targets, then the whole benchmark again
 def test_the_benchmark_runs_end_to_end_and_a_rerun_gives_the_same_figures(tmp_path: Path) -> None:
     out = tmp_path / "results" / "cifar_smoke.json"
     weights = users_weights(tmp_path / "users_resnet20.pt")
@@ -53,7 +55,14 @@ def test_the_benchmark_runs_end_to_end_and_a_rerun_gives_the_same_figures(tmp_pa
     assert results["machine"] and results["seconds"] > 0 and results["base"] == "shared"
     family = results["families"]["resnet20"]
     full = family["full"]
-    assert 0 <= full["top1"] <= 100 and full["batch_1_speedup"] == 1.0 and full["weights"] == str(weights.resolve())
+    assert full["batch_1_speedup"] == 1.0 and full["weights"] == str(weights.resolve())
+    space = ss.create_space("resnet20", 4, 3, 16, 0.5, 8)
+    users = ss.build_subnet(space, space.largest)
+    users.load_state_dict(torch.load(weights, weights_only=True))
+    assert full["top1"] == counted_top1(users, MEAN, STD)  # the user's network, counted here on the test split
+    test_images = len(synthetic().test)
+    searches = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs").rglob("searches/*.json"))]
+    assert searches, "no search's candidates were kept"
     assert len(full["full_finetuned"]["top1_by_seed"]) == 2 and "top1_std" in full["full_finetuned"]
     assert full["int8"]["batch_32_ms"] > 0
     for target, rows in family["targets"].items():
@@ -64,16 +73,23 @@ def test_the_benchmark_runs_end_to_end_and_a_rerun_gives_the_same_figures(tmp_pa
             if "skipped" in values:
                 assert arm == "torch_pruning" and "torch-pruning" in values["skipped"]
                 continue
-            assert 0 <= values["top1"] <= 100 and values["top1_std"] >= 0, arm
-            assert len(values["top1_by_seed"]) == 2, arm
+            seeds = values["top1_by_seed"]
+            assert len(seeds) == 2, arm
+            if arm != "random":  # each seed's figure counts test images; the row's are their mean and spread
+                assert all((top1 * test_images / 100) == pytest.approx(round(top1 * test_images / 100)) for top1 in seeds), arm
+                assert values["top1"] == pytest.approx(statistics.mean(seeds)), arm
+                assert values["top1_std"] == pytest.approx(statistics.pstdev(seeds)), arm
             assert values["distilled"], arm  # every fine-tune distilled from the trained network
             # FLOPs, as thop counts them, in the target's recorded window (Torch-Pruning: the nearest under it)
             low = 1 - bench_cifar.PEER_TOLERANCE if arm == "torch_pruning" else floor
             assert low * float(target) <= values["flops_ratio"] <= float(target), (arm, values["flops_ratio"])
             assert values["params"] > 0 and values["batch_1_speedup"] > 0 and values["batch_32_speedup"] > 0
             assert len(values["batch_32_round_ms"]) == 2 and len(values["batch_32_iqr_ms"]) == 2
-        for arm in ("warm_evolution", "warm_nsga2", "eagleeye", "cold_evolution"):
-            assert 0 <= rows[arm]["proxy_top1"] <= 100
+        high = float(target) * full["flops"]
+        for arm in ("warm_evolution", "eagleeye", "cold_evolution") + (() if rows["warm_nsga2"]["repaired"] else ("warm_nsga2",)):
+            # the arm's proxy top-1 and configuration: the best candidate of one kept search in the target's window
+            best = [best_in_window(found, floor * high, high) for found in searches]
+            assert (rows[arm]["config"], rows[arm]["proxy_top1"]) in best, arm
         assert rows["warm_nsga2"]["repaired"] in (True, False)
         if rows["warm_nsga2"]["repaired"]:
             assert "proxy_top1_before_repair" in rows["warm_nsga2"]
@@ -82,6 +98,8 @@ def test_the_benchmark_runs_end_to_end_and_a_rerun_gives_the_same_figures(tmp_pa
         for draw in draws:
             assert floor * float(target) <= draw["flops_ratio"] <= float(target) and len(draw["top1_by_seed"]) == 2
         assert rows["random"]["top1"] == pytest.approx(sum(d["top1"] for d in draws) / 3)
+        assert rows["random"]["top1_std"] == pytest.approx(statistics.pstdev([d["top1"] for d in draws]))  # between draws
+        assert rows["random"]["top1"] == pytest.approx(statistics.mean(rows["random"]["top1_by_seed"]))
         assert rows["random"]["top1_min"] <= rows["random"]["top1"] <= rows["random"]["top1_max"]
         int8 = rows["warm_evolution_int8"]
         assert int8["int8_top1_drop"] == pytest.approx(rows["warm_evolution"]["top1"] - int8["top1"])
@@ -117,6 +135,13 @@ def test_the_benchmark_runs_end_to_end_and_a_rerun_gives_the_same_figures(tmp_pa
     assert rerun["latency_target"]["top1_by_seed"] == latency["top1_by_seed"]
     for kind in ("warm", "cold"):
         assert rerun["proxy_trust"][kind]["finetuned_top1"] == family["proxy_trust"][kind]["finetuned_top1"]
+
+
+def best_in_window(candidates: list[dict], low: float, high: float) -> tuple[list[int], float] | None:
+    """(configuration, proxy top-1) of the best-scored candidate with FLOPs in [low, high] (fewer FLOPs break ties)."""
+    inside = [c for c in candidates if low <= c["flops"] <= high]
+    best = max(inside, key=lambda c: (c["proxy_top1"], -c["flops"]), default=None)
+    return None if best is None else (best["config"], best["proxy_top1"])
 
 
 def test_a_missing_data_folder_or_weights_file_is_a_one_line_error(tmp_path: Path, capsys) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import search_spaces as ss
 from metaprune.distill import distillation_loss, from_program, soft_targets, to_program
 from metaprune.train import checkpoint_header
-from tests.conftest import cli
+from tests.conftest import cli, counted_top1, finetuned_top1
 
 
 def _softmax(row: list[float], t: float) -> list[float]:
@@ -96,7 +97,14 @@ def test_stages_distill_from_the_base_then_from_user_teachers_and_an_assistant(t
     summary = _summary(run)
     distill = summary["distill"]
     assert distill["teachers"] == ["base"] and distill["teacher_top1"] == summary["base"]["top1"]
-    assert distill["top1"] == summary["finetune"]["top1"] and distill["config"] == summary["finetune"]["config"]
+    arch = json.loads((run / "export" / "architecture.json").read_text())
+    space, norm = ss.SearchSpace.from_dict(arch["space"]), (arch["input"]["mean"], arch["input"]["std"])
+    base = ss.build_subnet(space, space.largest)
+    base.load_state_dict(torch.load(run / "base.pt", weights_only=True)["model"])
+    assert summary["base"]["top1"] == counted_top1(base, *norm)  # the teacher's figure, counted here
+    assert distill["config"] == summary["finetune"]["config"] == summary["export"]["config"]
+    # the student's test top-1 (written to finetune and distill), counted here from its checkpoint
+    assert summary["finetune"]["top1"] == distill["top1"] == finetuned_top1(run)
     checkpoint = run / summary["finetune"]["checkpoint"]
     assert checkpoint_header(checkpoint)["meta"]["distill"]["alpha"] == 1.0
 
@@ -106,7 +114,8 @@ def test_stages_distill_from_the_base_then_from_user_teachers_and_an_assistant(t
     result = cli("finetune", run_dir=run, sets=sets, inprocess=True)
     assert result.returncode == 0, result.stderr
     summary = _summary(run)
-    assert summary["distill"]["teachers"] == [teacher, teacher] and len(summary["distill"]["teacher_top1"]) == 2
+    assert summary["distill"]["teachers"] == [teacher, teacher]
+    assert summary["distill"]["teacher_top1"] == [counted_top1(ss.load_subnet(teacher), *norm)] * 2
     assert checkpoint.exists() and run / summary["finetune"]["checkpoint"] != checkpoint
 
     # the teacher-assistant chain: full -> half width -> winner

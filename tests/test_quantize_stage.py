@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from metaprune.train import checkpoint_header
-from tests.conftest import cli
+from tests.conftest import cli, finetuned_top1, onnx_counted_top1
 from tests.test_cli import assert_clean_error
 
 
@@ -25,6 +25,13 @@ def test_quantize_with_qat_then_reuse(trained_run: Path, tmp_path: Path) -> None
     best = max(quantized["ptq_int8_top1"], quantized["qat_int8_top1"])
     assert quantized["int8_top1"] == best  # the better INT8 model is the artifact
     work = run / Path(quantized["files"]["fp32"]).parent
+    # each figure, counted here from the file it names (within one image of 128: ONNX Runtime's thread count
+    # there and here may order a sum differently); the PyTorch one from the fine-tuned checkpoint, exactly
+    one_image = 100 / 128
+    for key, path in (("fp32_top1", work / "model.onnx"), ("ptq_int8_top1", work / "model.int8.onnx"),
+                      ("qat_int8_top1", work / "model.qat.onnx"), ("int8_top1", run / "export" / "model.int8.onnx")):  # fmt: skip
+        assert abs(quantized[key] - onnx_counted_top1(path)) <= one_image, (key, quantized[key])
+    assert quantized["pytorch_top1"] == summary["finetune"]["top1"] == finetuned_top1(run)
     header = checkpoint_header(work / "qat.pt")
     assert header["step"] == header["total_steps"] > 0 and (work / "model.qat.onnx").exists()
     assert (run / "export" / "model.int8.onnx").read_bytes() == (run / quantized["files"]["int8"]).read_bytes()

@@ -12,8 +12,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 import search_spaces as ss
-from tests.conftest import cli, scored_configs, study_trials
+from metaprune.latency import LatencyTable
+from tests.conftest import cli, finetuned_top1, scored_configs, study_trials
 from tests.test_cli import assert_clean_error
+from tests.test_latency import assert_report_adds_up
 
 BUDGET = 0.3
 
@@ -131,6 +133,10 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
     # export reads the study from the database too
     exported = cli("export", "--storage", url, "--trial", "3", run_dir=tmp_path / "first", sets=["name=first"], inprocess=True)
     assert exported.returncode == 0, exported.stderr
+    arch = json.loads((tmp_path / "first" / "export" / "trial-3" / "architecture.json").read_text())
+    space = ss.SearchSpace.from_dict(arch["space"])
+    assert space.from_channels(arch["config"]) == tuple(trials[3].params.values())  # the database's trial 3
+    assert arch["flops"] == trials[3].user_attrs["flops"]
 
 
 def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[str, Path], tmp_path: Path) -> None:
@@ -148,7 +154,9 @@ def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[st
     assert survivor["epochs"] == 2 and survivor["val_top1"] == max(t["val_top1"] for t in tuned["trials"] if t["epochs"] == 2)
     assert summary["export"]["config"] == summary["finetune"]["config"] == survivor["config"]
     assert summary["export"]["weights"] == "finetuned" and summary["export"]["reload_max_abs_diff"] == 0.0
-    assert summary["distill"]["teachers"] == ["base"] and summary["distill"]["top1"] == summary["finetune"]["top1"]
+    assert summary["distill"]["teachers"] == ["base"] and summary["distill"]["config"] == survivor["config"]
+    # the student's test top-1 (written to finetune and distill), counted here from the survivor's checkpoint
+    assert summary["finetune"]["top1"] == summary["distill"]["top1"] == finetuned_top1(run_dir)
 
 
 @pytest.mark.parametrize("searcher", ["evolution", "tpe"])
@@ -167,7 +175,8 @@ def test_latency_budget_is_a_constraint_like_flops(trained_run: Path, tmp_path: 
     assert list(run_dir.glob("latency_table-*.json")) == [table_file]  # measured once, reused
     summary = json.loads((run_dir / "summary.json").read_text())["search"]
     assert summary["latency"]["max_latency_ms"] == cap and summary["latency"]["best_predicted_ms"] <= cap
-    assert summary["latency"]["table_check"]["configs"] and summary["latency"]["table_check"]["mape_pct"] >= 0
+    assert summary["latency"]["table_check"]["configs"]  # its figures, recomputed from the table on disk:
+    assert_report_adds_up(summary["latency"]["table_check"], LatencyTable.load(table_file))
     trials = study_trials(run_dir)
     for trial in trials:
         ok = trial.user_attrs["latency_ms"] <= cap and trial.constraints["flops_over_budget"] <= 0

@@ -33,12 +33,9 @@ def test_space_round_trips_through_json(name: str, size: int) -> None:
     assert ss.SearchSpace.from_dict(__import__("json").loads(space.to_json())) == space
     config = configs(space, 3)[2]
     assert space.from_channels(space.describe(config)) == config
-    encoded = space.encode(config)
-    assert (
-        len(encoded) == len(space.genes)
-        and all(0 < v <= 1 for v in encoded)
-        and space.encode(space.largest) == [1.0] * len(space.genes)
-    )
+    widths = space.describe(config)  # each gene's channel count over its full width, computed here
+    assert space.encode(config) == [widths[gene.name] / gene.base for gene in space.genes]
+    assert space.encode(space.largest) == [1.0] * len(space.genes)
 
 
 @pytest.mark.parametrize("name", ss.list_spaces())
