@@ -210,17 +210,6 @@ def test_help_explains_every_stage_and_option() -> None:
             assert len(line.split("  ")) > 2 and len(line.strip()) > 45, f"--help does not explain {name}: {line!r}"
 
 
-def test_winner_trained_from_scratch_when_asked(trained_run: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained_run, run_dir)
-    result = cli("pipeline", run_dir=run_dir, sets=["finetune.init=scratch", "search.max_flops=0.3"])
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["finetune"]["init"] == "scratch"
-    assert summary["search"]["best"]["flops"] <= 0.3 * summary["base"]["flops"]
-    assert summary["export"]["reload_max_abs_diff"] == 0.0
-
-
 def test_a_second_process_on_the_same_run_dir_is_refused(trained_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

@@ -11,14 +11,20 @@ from tests.conftest import cli, finetuned_top1, onnx_counted_top1
 from tests.test_cli import assert_clean_error
 
 
-def test_quantize_with_qat_then_reuse(trained_run: Path, tmp_path: Path) -> None:
+def test_a_winner_trained_from_scratch_quantized_with_qat_then_reuse(trained_run: Path, tmp_path: Path) -> None:
+    """Also the winner trained from scratch when asked (once its own pipeline run, merged here: one
+    quantize stage fewer in the suite)."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     sets = ["distill.teacher=none", "quantize.qat=always", "quantize.qat_batch_size=32", "latency.runs=3"]
+    sets += ["finetune.init=scratch", "search.max_flops=0.3"]
     for stage in ("search", "finetune", "quantize", "export"):
         result = cli(stage, run_dir=run, sets=sets, inprocess=True)
         assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["finetune"]["init"] == "scratch" and summary["finetune"]["steps"] > 0
+    assert summary["search"]["best"]["flops"] <= 0.3 * summary["base"]["flops"]
+    assert summary["export"]["reload_max_abs_diff"] == 0.0 and summary["export"]["weights"] == "finetuned"
     quantized = summary["quantize"]
     assert quantized["config"] == summary["finetune"]["config"] and quantized["weights"] == "finetuned"
     assert quantized["qat_int8_top1"] is not None and quantized["int8_method"] in ("ptq", "qat")
