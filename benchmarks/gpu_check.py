@@ -351,7 +351,7 @@ def _quantize(check: Check, run: Path, latency: list[str]) -> str:
     seconds = check.cli("quantize", "quantize", run, "amp=true", "finetune.top_k=2", *latency)
     q = _summary(run)["quantize"]
     half = " ".join(
-        f"{k}={v:.2f}%" if isinstance(v, float) else f"{k}={v}" for k, v in q.get("half", {}).items() if k != "images"
+        f"{k}={v:.2f}%" if isinstance(v, float) else f"{k}={v}" for k, v in q.get("half", {}).items() if k in ("bf16", "fp16")
     )
     return f"fp32={q['fp32_top1']:.2f}% int8={q['int8_top1']:.2f}% pytorch={q['pytorch_top1']:.2f}% {half} {seconds:.1f}s"
 
