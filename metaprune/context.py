@@ -86,8 +86,8 @@ class Context:
 
     @property
     def amp(self) -> bool:
-        """Mixed-precision training: asked for and on a GPU."""
-        return self.cfg.amp and self.device.type == "cuda"
+        """Mixed-precision (bf16) training: asked for, on a GPU, and one that computes in bf16."""
+        return self.cfg.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     @property
     def device_kind(self) -> str:

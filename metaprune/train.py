@@ -112,6 +112,8 @@ def train(
     began, batches, batches_epoch = time.perf_counter(), [], -1
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     model.train()
+    # bf16 autocast only where the GPU computes in bf16 (Ampere and later); elsewhere FP32, not an error
+    autocast = amp and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
     while step < stop:
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != batches_epoch:
@@ -119,7 +121,7 @@ def train(
         generator = torch.Generator().manual_seed(step_seed(seed, step))
         images = augment(data.images[batches[index]], generator, flip)
         x, y = normalizer(images).to(device), data.labels[batches[index]].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x.is_cuda):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             logits = forward(x, step)
             loss = loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)

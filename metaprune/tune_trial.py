@@ -76,7 +76,7 @@ def trial_device(run_device: str) -> str:
 def _distill_loss(spec: TuneSpec, device: str) -> DistillLoss | None:
     if spec.distill is None or not spec.teachers:
         return None
-    models = [from_program(data).to(device) for data in spec.teachers]
+    models = [from_program(data, device) for data in spec.teachers]  # .to() misses devices traced into a program
     return DistillLoss(models, spec.distill, spec.teacher_weights, spec.optim.label_smoothing)
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from metaprune.stages.quantize import finished, work_dir
 def run(run: Context) -> dict[str, Any]:
     chosen = chosen_model(run)
     run.begin()
-    config, model, space = chosen.candidate.config, chosen.model, run.space
+    config, model, space = chosen.candidate.config, copy.deepcopy(chosen.model).cpu().eval(), run.space  # (the caller's stays)
     out = run.dir / EXPORT
     if run.pick.picked:
         out = out / f"trial-{chosen.candidate.trial}"
