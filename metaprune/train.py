@@ -99,28 +99,20 @@ def train(
     if steps_per_epoch == 0:
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(data)} training images; lower batch_size")
     total = cfg.epochs * steps_per_epoch
-    lr_factor(cfg.schedule, 0, max(total, 1))  # reject an unknown schedule before any work
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, min(s, total), max(total, 1)))
+    optimizer, scheduler = _sgd(model, cfg, total)
     state: dict[str, Any] = {"step": 0, "losses": []}
     if checkpoint.exists():
         state = _restore(checkpoint, model, optimizer, scheduler, total)
     step, losses, start = int(state["step"]), list(state["losses"]), int(state["step"])
     stop = total if until_step is None else min(until_step, total)
-    began, batches, batches_epoch = time.perf_counter(), [], -1
+    batches = _Batches(data, normalizer, cfg.batch_size, seed, flip, device)
+    began = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     model.train()
     # bf16 autocast only where the GPU computes in bf16 (Ampere and later); elsewhere FP32, not an error
     autocast = amp and torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
     while step < stop:
-        epoch, index = divmod(step, steps_per_epoch)
-        if epoch != batches_epoch:
-            batches, batches_epoch = epoch_batches(len(data), cfg.batch_size, seed, epoch), epoch
-        generator = torch.Generator().manual_seed(step_seed(seed, step))
-        images = augment(data.images[batches[index]], generator, flip)
-        x, y = normalizer(images).to(device), data.labels[batches[index]].to(device)
+        x, y = batches.at(step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             logits = forward(x, step)
             loss = loss_fn(logits, x, y) if loss_fn else F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -140,6 +132,36 @@ def train(
         _save(checkpoint, model, optimizer, scheduler, step, total, losses, meta or {})
     bar.close()
     return TrainResult(losses, step, time.perf_counter() - began)
+
+
+def _sgd(model: nn.Module, cfg: OptimConfig, total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD with Nesterov momentum and the schedule stepped per batch (an unknown schedule is refused first)."""
+    lr_factor(cfg.schedule, 0, max(total, 1))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, min(s, total), max(total, 1)))
+    return optimizer, scheduler
+
+
+class _Batches:
+    """The batch of any step, a function of (seed, step) alone: a resumed run sees the same batches."""
+
+    def __init__(
+        self, data: ImageData, normalizer: Normalizer, size: int, seed: int, flip: bool, device: torch.device | str
+    ) -> None:
+        self.data, self.normalizer, self.size, self.seed, self.flip, self.device = data, normalizer, size, seed, flip, device
+        self.per_epoch = len(data) // size
+        self.epoch = -1
+        self.order: list[torch.Tensor] = []
+
+    def at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            self.order, self.epoch = epoch_batches(len(self.data), self.size, self.seed, epoch), epoch
+        generator = torch.Generator().manual_seed(step_seed(self.seed, step))
+        images = augment(self.data.images[self.order[index]], generator, self.flip)
+        return self.normalizer(images).to(self.device), self.data.labels[self.order[index]].to(self.device)
 
 
 def _save(

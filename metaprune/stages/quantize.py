@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,49 @@ def run(run: Context) -> dict[str, Any]:
     model = copy.deepcopy(chosen.model).cpu().eval()  # a copy: the caller's model stays on its device
     deployable = deploy.Deployable(model, data.normalizer).eval()
     fp32 = deploy.export_onnx(deployable, shape, work / "model.onnx")
-    images, labels = data.test.images, data.test.labels
-    calib = calibration_images(data.train, cfg.calib_images, run.cfg.data.split_seed).images
-    int8 = deploy.quantize_int8(fp32, work / "model.int8.onnx", calib, cfg.per_channel, cfg.calibration, cfg.reduce_range)
 
     def onnx_top1(path: Path) -> float:
-        return deploy.onnx_top1(path, images, labels, cfg.batch, cfg.threads)
+        return deploy.onnx_top1(path, data.test.images, data.test.labels, cfg.batch, cfg.threads)
 
     fp32_top1 = onnx_top1(fp32)
+    int8 = _int8(run, model, fp32, fp32_top1, work, onnx_top1)
+    int8_path = int8.pop("path")
+    summary = {
+        "config": list(chosen.candidate.config),
+        "weights": chosen.weights,
+        "runtime": "onnxruntime",
+        "fp32_top1": fp32_top1,
+        **int8,
+        "fp32_mb": fp32.stat().st_size / MB,
+        "int8_mb": int8_path.stat().st_size / MB,
+        **_latencies(run, deployable, fp32, int8_path, shape),
+        "pytorch_top1": run.test_top1(model),
+        "onnx_max_abs_diff": deploy.onnx_max_abs_diff(deployable, fp32, deploy._example(shape, 4)),
+        "half": _half(run, model),
+        "dynamic_linear_int8": _dynamic(run, fp32, work, onnx_top1),
+        "low_bit_weights": _low_bit(run, model),
+        "unstructured": _unstructured(run, model),
+        "files": {"fp32": str(fp32.relative_to(run.dir)), "int8": str(int8_path.relative_to(run.dir))},
+        "max_drop_exceeded": fp32_top1 - int8["int8_top1"] > cfg.max_drop,
+    }
+    atomic_write_json(work / RESULT, summary)
+    run.store.report("quantize", summary)
+    if summary["max_drop_exceeded"]:
+        print(
+            f"warning: INT8 top-1 {summary['int8_top1']:.2f}% is more than quantize.max_drop={cfg.max_drop:g} points below "
+            f"FP32 {fp32_top1:.2f}%; try quantize.qat_epochs, more quantize.calib_images, or ship FP32",
+            file=sys.stderr,
+        )
+    return summary
+
+
+def _int8(
+    run: Context, model: torch.nn.Module, fp32: Path, fp32_top1: float, work: Path, onnx_top1: Callable[[Path], float]
+) -> dict[str, Any]:
+    """Static INT8 (QDQ), and QAT when it loses more than quantize.max_drop (or always): the better file wins."""
+    cfg, data = run.cfg.quantize, run.prepared
+    calib = calibration_images(data.train, cfg.calib_images, run.cfg.data.split_seed).images
+    int8 = deploy.quantize_int8(fp32, work / "model.int8.onnx", calib, cfg.per_channel, cfg.calibration, cfg.reduce_range)
     ptq_top1 = int8_top1 = onnx_top1(int8)
     method, qat_top1 = "ptq", None
     lost_too_much = fp32_top1 - ptq_top1 > cfg.max_drop
@@ -79,36 +115,7 @@ def run(run: Context) -> dict[str, Any]:
         qat_top1 = onnx_top1(qat_path)
         if qat_top1 > ptq_top1:  # the INT8 artifact is the better of the two
             method, int8, int8_top1 = "qat", qat_path, qat_top1
-    summary = {
-        "config": list(chosen.candidate.config),
-        "weights": chosen.weights,
-        "runtime": "onnxruntime",
-        "fp32_top1": fp32_top1,
-        "int8_top1": int8_top1,
-        "int8_method": method,
-        "ptq_int8_top1": ptq_top1,
-        "qat_int8_top1": qat_top1,
-        "fp32_mb": fp32.stat().st_size / MB,
-        "int8_mb": int8.stat().st_size / MB,
-        **_latencies(run, deployable, fp32, int8, shape),
-        "pytorch_top1": run.test_top1(model),
-        "onnx_max_abs_diff": deploy.onnx_max_abs_diff(deployable, fp32, deploy._example(shape, 4)),
-        "half": _half(run, model),
-        "dynamic_linear_int8": _dynamic(run, fp32, work, onnx_top1),
-        "low_bit_weights": _low_bit(run, model),
-        "unstructured": _unstructured(run, model),
-        "files": {"fp32": str(fp32.relative_to(run.dir)), "int8": str(int8.relative_to(run.dir))},
-        "max_drop_exceeded": fp32_top1 - int8_top1 > cfg.max_drop,
-    }
-    atomic_write_json(work / RESULT, summary)
-    run.store.report("quantize", summary)
-    if summary["max_drop_exceeded"]:
-        print(
-            f"warning: INT8 top-1 {int8_top1:.2f}% is more than quantize.max_drop={cfg.max_drop:g} points below FP32 "
-            f"{fp32_top1:.2f}%; try quantize.qat_epochs, more quantize.calib_images, or ship FP32",
-            file=sys.stderr,
-        )
-    return summary
+    return {"int8_top1": int8_top1, "int8_method": method, "ptq_int8_top1": ptq_top1, "qat_int8_top1": qat_top1, "path": int8}
 
 
 def _latencies(run: Context, deployable: torch.nn.Module, fp32: Path, int8: Path, shape: tuple[int, int, int]) -> dict[str, Any]:

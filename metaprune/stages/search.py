@@ -17,10 +17,10 @@ from metaprune.score import ScorerSpec
 from metaprune.studies import guard, open_study, rank
 from nas.evolution import EvolutionConfig
 from nas.executors import Executor, InProcessExecutor, JoinError, LazyExecutor, unreachable
-from nas.search import drive_search
+from nas.search import SearchOutcome, drive_search
 from nas.searchers import make_searcher
 from nas.storage import redact
-from nas.study import Candidate, pareto_front
+from nas.study import Candidate, StudyRecord, pareto_front
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -30,22 +30,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.begin()
     search = ctx.cfg.search
     table = latency_table(ctx) if search.max_latency_ms > 0 else None
-    feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
-    try:
-        searcher = make_searcher(
-            search.searcher, ctx.space, searcher_config(ctx), ctx.search_window, search.rounds.batch, feasible
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    record = open_study(ctx, True, searcher.directions, table.predict if table else None)  # may cut a torn tail
-    executor = LazyExecutor(lambda: make_executor(ctx, spec))  # nothing to score: no Ray started
-    try:
-        total = search.population * search.generations
-        outcome = guard(ctx, lambda: drive_search(searcher, record, executor, total, ctx.cfg.progress))
-    finally:
-        executor.close()
-    if not outcome.candidates:
-        raise UserError("the search scored no candidate inside the window; widen it (search.max_flops) or run more trials")
+    record, outcome, pool = _search(ctx, spec, table)
     best = min(outcome.candidates, key=rank)
     front = pareto_front(outcome.candidates)
     from nas.plot import front_png  # imports matplotlib: only here
@@ -57,7 +42,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "study": record.name,
         "storage": redact(record.storage.location),
         "executor": search.executor if search.executor == "inprocess" else f"ray x{search.workers}",
-        "pool": executor.report(),  # where this run's candidates were scored (empty when all came from the study)
+        "pool": pool,  # where this run's candidates were scored (empty when all came from the study)
         "evaluated": len(outcome.candidates),
         "trials": outcome.trials,
         "scored_this_run": outcome.scored_now,
@@ -65,16 +50,42 @@ def run(ctx: Context) -> dict[str, Any]:
         "best": candidate_summary(ctx, best),
         "pareto": [point(c) for c in front],
         "plot": FRONT_PLOT,
-        "timing": {
-            "driver_s": round(outcome.driver_seconds, 3),
-            "scoring_s": round(outcome.scoring_seconds, 3),
-            "driver_share": round(outcome.driver_seconds / max(outcome.scoring_seconds, 1e-9), 4) if outcome.scored_now else None,
-        },
+        "timing": timing(outcome),
     }
     if table is not None:
         summary["latency"] = latency_report(ctx, table, best, front)
     _record_winner(ctx, record.name, best, summary)
     return summary
+
+
+def _search(ctx: Context, spec: ScorerSpec, table: LatencyTable | None) -> tuple[StudyRecord, SearchOutcome, dict[str, Any]]:
+    """The searcher driven to its end over the run's study; the pool's report once it is closed."""
+    search = ctx.cfg.search
+    feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
+    try:
+        config = searcher_config(ctx)
+        searcher = make_searcher(search.searcher, ctx.space, config, ctx.search_window, search.rounds.batch, feasible)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    record = open_study(ctx, True, searcher.directions, table.predict if table else None)  # may cut a torn tail
+    executor = LazyExecutor(lambda: make_executor(ctx, spec))  # nothing to score: no Ray started
+    try:
+        total = search.population * search.generations
+        outcome = guard(ctx, lambda: drive_search(searcher, record, executor, total, ctx.cfg.progress))
+    finally:
+        executor.close()
+    if not outcome.candidates:
+        raise UserError("the search scored no candidate inside the window; widen it (search.max_flops) or run more trials")
+    return record, outcome, executor.report()
+
+
+def timing(outcome: SearchOutcome) -> dict[str, Any]:
+    share = outcome.driver_seconds / max(outcome.scoring_seconds, 1e-9)
+    return {
+        "driver_s": round(outcome.driver_seconds, 3),
+        "scoring_s": round(outcome.scoring_seconds, 3),
+        "driver_share": round(share, 4) if outcome.scored_now else None,
+    }
 
 
 def _record_winner(ctx: Context, study: str, best: Candidate, summary: dict[str, Any]) -> None:
