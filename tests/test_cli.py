@@ -202,12 +202,17 @@ def test_help_explains_every_stage_and_option() -> None:
     assert "--set" in stage_help and "max_flops" in stage_help
     from metaprune.config import RunConfig
 
-    for section, value in RunConfig().to_dict().items():
-        for key in value if isinstance(value, dict) else [None]:
-            name = f"{section}.{key}" if key else section
-            line = next((line for line in result.stdout.splitlines() if line.startswith(f"  {name} = ")), None)
-            assert line is not None, f"--help does not list setting {name}"
-            assert len(line.split("  ")) > 2 and len(line.strip()) > 45, f"--help does not explain {name}: {line!r}"
+    def leaves(prefix: str, value: object) -> list[str]:  # every setting, nested sections (search.evolution.*) too
+        if not isinstance(value, dict):
+            return [prefix]
+        return [name for key, sub in value.items() for name in leaves(f"{prefix}.{key}" if prefix else key, sub)]
+
+    names = leaves("", RunConfig().to_dict())
+    assert "search.evolution.parents" in names and "search.rounds.batch" in names
+    for name in names:
+        line = next((line for line in result.stdout.splitlines() if line.startswith(f"  {name} = ")), None)
+        assert line is not None, f"--help does not list setting {name}"
+        assert len(line.split("  ")) > 2 and len(line.strip()) > 45, f"--help does not explain {name}: {line!r}"
 
 
 def test_a_second_process_on_the_same_run_dir_is_refused(trained_run: Path, tmp_path: Path) -> None:

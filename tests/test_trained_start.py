@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import search_spaces as ss
 from metaprune import filter_prune
+from metaprune.choice import start_model
 from metaprune.config import load_config
 from metaprune.data import Normalizer, synthetic
 from metaprune.pipeline import Run
@@ -118,7 +119,7 @@ def test_eagleeye_scores_the_l1_pruned_trained_network_and_filter_init_starts_fr
         scored = dict(scorer.subnet(config).named_parameters())
         for name, weight in pruned.named_parameters():  # conv weights and BN affine: the trained ones (statistics
             torch.testing.assert_close(scored[name], weight, atol=1e-6, rtol=0)  # are re-estimated: adaptive BN)
-    filtered = Run(load_config(None, [*overrides, "finetune.init=filter"]), tmp_path / "run").winner_model(run.space.smallest)
+    filtered = start_model(Run(load_config(None, [*overrides, "finetune.init=filter"]), tmp_path / "run"), run.space.smallest)
     pruned = filter_prune.prune(run.space, user, run.space.smallest)
     for (name, got), want in zip(filtered.state_dict().items(), pruned.state_dict().values()):
         assert torch.equal(got.cpu(), want), name
