@@ -20,6 +20,7 @@ FAST = [
     "space.width_mult=0.5",
     "space.channel_multiple=4",  # the default 8 leaves a half-width ResNet-20 no configuration under 48% FLOPs
     "threads=1",
+    "device=cpu",  # never the GPU a machine may have: bit-identical resumes need the CPU's deterministic kernels
     "progress=false",
     "pruningnet.epochs=2",
     "pruningnet.batch_size=32",

@@ -18,8 +18,8 @@ import metaprune.distill as distill
 import search_spaces as ss
 from metaprune.distill import from_program, load_teacher, move_to_device, to_program
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+WITHOUT_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, WITHOUT_CUDA])]
 
 
 class TracedDevice(nn.Module):
@@ -132,7 +132,8 @@ def test_to_misses_the_devices_traced_into_a_program_and_the_pass_does_not(tmp_p
     assert out.device.type == "meta" and out.shape == (4, 5)
 
 
-@CUDA
+@pytest.mark.gpu
+@WITHOUT_CUDA
 def test_a_pt2_teacher_runs_on_the_gpu(tmp_path: Path) -> None:
     teacher = load_teacher(_pt2(tmp_path), "cuda")
     x = torch.randn(6, 3, 8, 8)
