@@ -503,7 +503,8 @@ def export(run: Run, model: torch.nn.Module, path: Path) -> Path:
     if path.exists():
         return path
     shape = (run.space.in_channels, run.space.resolution, run.space.resolution)
-    return deploy.export_onnx(deploy.Deployable(model.cpu().eval(), run.prepared.normalizer), shape, path)
+    cpu_copy = copy.deepcopy(model).cpu().eval()  # the arm's model stays on its device
+    return deploy.export_onnx(deploy.Deployable(cpu_copy, run.prepared.normalizer), shape, path)
 
 
 def timings(times: list[float], rounds: int) -> dict[str, Any]:
