@@ -242,6 +242,7 @@ def reported(results: str) -> dict[int, list[float]]:
     return by_epoch
 
 
+@pytest.mark.timeout(900)  # its driver alone may take 300 s to finish a trial on a loaded machine, then the resume
 def test_killed_driver_resumes_and_retrains_no_finished_trial(local_ray: None, tmp_path: Path) -> None:
     storage = tmp_path / "tune"
     finished = kill_after_first_finished_trial(storage)
