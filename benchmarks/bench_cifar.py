@@ -83,6 +83,7 @@ import search_spaces as ss  # noqa: E402
 from metaprune import deploy, filter_prune, teachers, trained  # noqa: E402
 from metaprune.config import RunConfig, load_config  # noqa: E402
 from metaprune.errors import UserError  # noqa: E402
+from metaprune.identity import distill_identity  # noqa: E402
 from metaprune.io import atomic_torch_save, atomic_write_json, atomic_write_text  # noqa: E402
 from metaprune.latency import device_description, torch_threads  # noqa: E402
 from metaprune.pipeline import PRUNINGNET, RECORD, Run  # noqa: E402
@@ -259,7 +260,7 @@ def finetune(bench: Bench, run: Run, key: str, arm: Arm, seed: int) -> torch.nn.
         "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
         "config": list(arm.config or ()),
         "finetune": run.meta("finetune").get("finetune"),
-        "distill": teachers.identity(run),
+        "distill": distill_identity(run),
         "init": arm.init,
         "source": arm.source,
         "seed": seed,

@@ -50,12 +50,12 @@ def tiny_spec() -> ScorerSpec:
 def candidates(count: int, seed: int = 0) -> list[Task]:
     space = search_spaces.SearchSpace.from_dict(tiny_spec().space)
     rng = np.random.default_rng(seed)
-    return [Task(trial, search_spaces.sample(space, rng)) for trial in range(100, 100 + count)]
+    return [Task(slot, search_spaces.sample(space, rng)) for slot in range(100, 100 + count)]
 
 
-def by_trial(results: list[Scored]) -> dict[int, float]:
-    trials = [r.task.slot for r in results]
-    assert len(trials) == len(set(trials)), f"a trial was yielded twice: {sorted(trials)}"
+def by_slot(results: list[Scored]) -> dict[int, float]:
+    slots = [r.task.slot for r in results]
+    assert len(slots) == len(set(slots)), f"a candidate was yielded twice: {sorted(slots)}"
     return {r.task.slot: r.proxy_top1 for r in results}
 
 
@@ -68,7 +68,7 @@ def spec() -> ScorerSpec:
 def expected(spec: ScorerSpec) -> dict[int, float]:
     """In-process scores of the 24 candidates, with one torch thread like each Ray actor."""
     torch.set_num_threads(1)
-    return by_trial(list(InProcessExecutor(spec).score(candidates(24))))
+    return by_slot(list(InProcessExecutor(spec).score(candidates(24))))
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +85,10 @@ def test_same_scores_as_in_process(spec: ScorerSpec, expected: dict[int, float])
     with RayExecutor(spec, workers=2) as executor:
         assert executor.plan.threads == 1 and executor.plan.device == "cpu"
         results = list(executor.score(tasks))
-        assert by_trial(results) == {t.trial: expected[t.trial] for t in tasks}  # exact: same threads, same kernels
+        assert by_slot(results) == {t.slot: expected[t.slot] for t in tasks}  # exact: same threads, same kernels
         assert all(count > 0 for count in executor.chunks_scored), executor.chunks_scored
         assert {r.node for r in results} == set(executor.nodes)
-        assert by_trial(list(executor.score(tasks[:3]))) == {t.trial: expected[t.trial] for t in tasks[:3]}  # a second round
+        assert by_slot(list(executor.score(tasks[:3]))) == {t.slot: expected[t.slot] for t in tasks[:3]}  # a second round
 
 
 @pytest.mark.usefixtures("local_ray")
@@ -102,11 +102,11 @@ def test_killed_actor_loses_no_candidate(spec: ScorerSpec, expected: dict[int, f
             if not results:
                 os.kill(victim, signal.SIGKILL)  # mid-round: the victim holds chunks running and queued
             results.append(scored)
-        assert by_trial(results) == expected
+        assert by_slot(results) == expected
         assert executor.chunks_lost >= 1  # the victim's chunks really were lost and resubmitted
         assert ray.get(executor.actors[0].pid.options(max_task_retries=-1).remote()) != victim  # Ray restarted it
         before = list(executor.chunks_scored)
-        assert by_trial(list(executor.score(tasks))) == expected
+        assert by_slot(list(executor.score(tasks))) == expected
         assert executor.chunks_scored[0] > before[0], "the restarted actor got no work"
 
 
@@ -116,7 +116,7 @@ def test_stopping_early_then_losing_every_actor(spec: ScorerSpec, expected: dict
     with RayExecutor(spec, workers=1) as executor:
         for _ in executor.score(tasks):
             break  # the driver may stop reading a round; the next round must still be complete and exact
-        assert by_trial(list(executor.score(tasks[:4]))) == {t.trial: expected[t.trial] for t in tasks[:4]}
+        assert by_slot(list(executor.score(tasks[:4]))) == {t.slot: expected[t.slot] for t in tasks[:4]}
         ray.kill(executor.actors[0], no_restart=True)
         with pytest.raises(RuntimeError, match="all 1 Ray actors died"):
             list(executor.score(tasks))
@@ -181,4 +181,4 @@ def test_two_nodes_both_score(ray_cluster: RayStartCluster, expected: dict[int, 
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(out["cluster"]) == 2 and out["initialized_ray"]
     assert {node.split("/")[-1] for _, _, node in out["scores"]} == set(out["cluster"])  # both nodes scored
-    assert {trial: top1 for trial, top1, _ in out["scores"]} == {t.trial: expected[t.trial] for t in candidates(12)}
+    assert {slot: top1 for slot, top1, _ in out["scores"]} == {t.slot: expected[t.slot] for t in candidates(12)}
