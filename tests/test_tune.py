@@ -214,9 +214,9 @@ def kill_after_first_finished_trial(storage: Path) -> dict[str, dict]:
     log = storage.parent / "driver.log"
     with open(log, "w") as output:  # a file, not a pipe that could fill up and block the driver
         driver = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
-    deadline, finished = time.time() + 300, dict[str, dict]()
+    deadline, finished = time.time() + 600, dict[str, dict]()
     while not (finished and list(storage.parent.glob("release.reached.*"))) and driver.poll() is None:
-        assert time.time() < deadline, f"no finished trial beside a held one in 300 s: {log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no finished trial beside a held one in 600 s: {log.read_text()[-3000:]}"
         time.sleep(0.2)
         finished = terminated_trials(storage)
     assert driver.poll() is None, f"the experiment ended before it could be killed: {log.read_text()[-3000:]}"
