@@ -7,6 +7,7 @@ the process it starts,
 
     METAPRUNE_STOP=<name>@<count>:kill          SIGKILL itself the count-th time it gets there
     METAPRUNE_STOP=<name>@<count>:hold=<path>   there, create <path>.reached.<pid> and wait until <path> exists
+    METAPRUNE_STOP=<name>@<count>+:...          the count-th time and every time after it (hold them all)
 
 Unset (always, outside tests), a stop point costs one dictionary lookup.
 """
@@ -34,12 +35,14 @@ def stop_point(name: str, at: int | None = None) -> None:
         return
     where, _, action = setting.partition(":")
     point, _, count = where.partition("@")
+    onward = count.endswith("+")
+    count = count.removesuffix("+")
     if point not in POINTS or not count.isdigit() or not (action == "kill" or action.startswith("hold=")):
-        raise ValueError(f"{ENV}={setting!r}: expected <point>@<count>:kill or :hold=<path>, with a point of {POINTS}")
+        raise ValueError(f"{ENV}={setting!r}: expected <point>@<count>[+]:kill or :hold=<path>, with a point of {POINTS}")
     if point != name:
         return
     _reached[name] = _reached.get(name, 0) + 1 if at is None else at
-    if _reached[name] != int(count):
+    if _reached[name] != int(count) and not (onward and _reached[name] > int(count)):
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

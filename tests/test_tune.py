@@ -204,13 +204,13 @@ def terminated_trials(storage: Path) -> dict[str, dict]:
 
 def kill_after_first_finished_trial(storage: Path) -> dict[str, dict]:
     """Start the experiment in a driver process; kill -9 it, and every Ray process it started, once
-    Tune's saved state shows a finished trial while the second candidate is held as it starts (so the
-    experiment cannot end before the kill, and that trial is unfinished). Returns that state's
-    finished trials."""
+    Tune's saved state shows the first candidate finished while every later candidate is held as it
+    starts: at the kill nothing is training, whatever the machine's load, and the experiment cannot
+    have ended. Returns that state's finished trials."""
     script = f"from tests.test_tune import run_experiment; run_experiment({str(storage)!r}, {KILLED_IMAGES})"
     command = [sys.executable, "-c", script]
     release = storage.parent / "release"  # never created: held trials wait until they are killed
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "METAPRUNE_STOP": f"trial@2:hold={release}"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "METAPRUNE_STOP": f"trial@2+:hold={release}"}
     log = storage.parent / "driver.log"
     with open(log, "w") as output:  # a file, not a pipe that could fill up and block the driver
         driver = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
