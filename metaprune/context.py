@@ -7,7 +7,7 @@ setting costs no decoding of a large dataset beyond its shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import search_spaces as ss
 from metaprune.config import RunConfig, dump_config, validate
 from metaprune.data import ImageData, Normalizer, Splits, load_dataset, split
 from metaprune.errors import UserError
+from metaprune.results import BaseResult
 from metaprune.run_dir import RunDir
 from metaprune.score import fixed_batches, top1
 from nas.budget import resolve_flops
@@ -93,11 +94,14 @@ class Context:
     def device_kind(self) -> str:
         return "cpu" if self.device.type == "cpu" else "cuda"
 
-    def begin(self) -> None:
-        """Own the run directory before a stage writes anything; the full model's figures go in the report."""
+    def begin(self) -> BaseResult:
+        """Own the run directory before a stage writes anything; the full model's figures go in the
+        report, beside what it said of the base network before (returned: train-base adds to it)."""
         self.store.begin(dump_config(self.cfg))
-        base = {**self.store.stage_result("base"), "flops": self.full.flops, "params": self.full.params, "space": self.space.name}
+        before = self.store.result("base", BaseResult) or BaseResult(flops=0, params=0, space="")
+        base = replace(before, flops=self.full.flops, params=self.full.params, space=self.space.name)
         self.store.report("base", base)
+        return base
 
     def test_top1(self, model: torch.nn.Module) -> float:
         """Top-1 (%) on the test split, where the model is: used once per trained model, never to choose one."""

@@ -20,6 +20,7 @@ from metaprune.choice import Chosen
 from metaprune.config import RunConfig
 from metaprune.context import Context, Pick
 from metaprune.errors import UserError
+from metaprune.results import Result, to_json
 from metaprune.run_dir import BASE, FINETUNE, PRUNINGNET, RECORD
 from metaprune.score import Scorer, ScorerSpec
 from metaprune.stages import export, finetune, quantize, search, train_base, train_pruningnet
@@ -28,7 +29,7 @@ from nas.study import Candidate, changed_keys
 
 __all__ = ["PRUNINGNET", "RECORD", "STAGES", "Pick", "Run"]
 
-Stage = Callable[[Context], dict[str, Any]]
+Stage = Callable[[Context], Result]  # its result, also in summary.json (metaprune.results)
 STAGES: dict[str, Stage] = {
     "train-base": train_base.run,
     "train-pruningnet": train_pruningnet.run,
@@ -74,9 +75,10 @@ class Run(Context):
         check_artifacts(self)
 
     def stage(self, name: str) -> dict[str, Any]:
+        """Run one stage (or the pipeline); its result as JSON, as summary.json has it."""
         if name == "pipeline":
             return self.pipeline()
-        return STAGES[name](self)
+        return to_json(STAGES[name](self))
 
     def pipeline(self) -> dict[str, Any]:
         for name in STAGES:
@@ -88,7 +90,8 @@ class Run(Context):
         """Release the run directory now (else when this object is collected or the process ends)."""
         self.store.close()
 
-    # -- the stages by name, and what scripts and notebooks ask of a run ------------------------------
+    # -- the stages by name (results as JSON; typed: `metaprune.results`, read back with `RunDir.result`),
+    # and what scripts and notebooks ask of a run --------------------------------------------------
     def train_base(self) -> dict[str, Any]:
         return self.stage("train-base")
 

@@ -12,7 +12,7 @@ winner (control state, kept apart from the report).
     quantize/<id>/     one per (model, quantize settings), with its result.json
     export/            the exported winner; export/trial-N/ for picked points
     winner.json        which point later stages use: the search's best or the Tune survivor
-    summary.json       every stage's result, for people and scripts; never read to decide anything
+    summary.json       every stage's result (metaprune.results), for people and scripts; never read to decide anything
 
 Every write is atomic (temp file, then rename); one process holds the directory at a time.
 """
@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from metaprune.results import Result, from_json, to_json
 from search_spaces import Config
 
 BASE = "base.pt"
@@ -41,6 +43,8 @@ RUN_ID = "run_id"
 WINNER = "winner.json"
 SUMMARY = "summary.json"
 WINNER_STAGES = ("finetune", "distill", "quantize", "export")  # results about one model: each names its config
+
+R = TypeVar("R")
 
 
 class RunDir:
@@ -90,15 +94,24 @@ class RunDir:
         path = self.path / SUMMARY
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def stage_result(self, stage: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.summary().get(stage, {})
-        return result
+    def result(self, stage: str, cls: type[R]) -> R | None:
+        """One stage's result as `report` took it, or None: not reported, or written in another
+        layout (by another version; the stage reports it anew)."""
+        found = self.summary().get(stage)
+        return None if found is None else _typed(cls, found)
 
-    def report(self, stage: str, result: dict[str, Any], winner: Config | None = None, also: list[int] | None = None) -> None:
+    def results(self, stage: str, cls: type[R]) -> dict[str, R]:
+        """A stage that reports one result per name (`exports`: per export directory)."""
+        found = {name: _typed(cls, data) for name, data in self.summary().get(stage, {}).items()}
+        return {name: result for name, result in found.items() if result is not None}
+
+    def report(
+        self, stage: str, result: Result | Mapping[str, Result], winner: Config | None = None, also: list[int] | None = None
+    ) -> None:
         """Set one stage's result; a new `winner` drops the post-search results of other models
         (but for `also`: the Tune survivor of the same study, which stays the winner)."""
         summary = self.summary()
-        summary[stage] = result
+        summary[stage] = to_json(result)
         if winner is not None:
             kept = [list(winner), also]
             summary = {k: v for k, v in summary.items() if k not in WINNER_STAGES or v.get("config") in kept}
@@ -108,7 +121,8 @@ class RunDir:
     def winner(self) -> dict[str, Any] | None:
         """{"study", "config", "by": search | tune} of the last search, or None before one.
 
-        Runs made before winner.json existed kept this in summary.json: read from there once."""
+        Runs made before winner.json existed kept this in summary.json: read from there once, as
+        plain JSON (those summaries predate the result classes of `metaprune.results`)."""
         path = self.path / WINNER
         if path.exists():
             found: dict[str, Any] = json.loads(path.read_text())
@@ -131,3 +145,10 @@ class RunDir:
         if not path.exists():
             atomic_write_text(path, uuid.uuid4().hex[:12] + "\n")
         return path.read_text().strip()
+
+
+def _typed(cls: type[R], data: object) -> R | None:
+    try:
+        return from_json(cls, data)
+    except ValueError:
+        return None

@@ -9,7 +9,6 @@ then the winner's only teacher: a smaller gap between teacher and student (Mirza
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from metaprune.context import Context
 from metaprune.distill import DistillLoss, freeze, load_teacher, parse_weights, teacher_paths
 from metaprune.errors import UserError
 from metaprune.identity import assistant_config, assistant_identity, digest
+from metaprune.results import Assistant, DistillResult
 from metaprune.run_dir import ASSISTANTS
 from metaprune.score import fixed_batches
 from metaprune.train import Loss, train
@@ -81,21 +81,23 @@ def loss_for(run: Context, found: Teachers | None) -> Loss | None:
     return DistillLoss(found.models, run.cfg.distill, found.weights, run.cfg.finetune.label_smoothing)
 
 
-def report(run: Context, found: Teachers, student_top1: float) -> dict[str, Any]:
-    """summary.json `distill`: the student's and each teacher's test top-1."""
+def report(run: Context, found: Teachers, student_top1: float, student: list[int]) -> DistillResult:
+    """summary.json `distill`: the student's (its config given) and each teacher's test top-1."""
     cfg = run.cfg.distill
     teacher_top1 = [run.test_top1(model) for model in found.models]
-    summary: dict[str, Any] = {
-        "top1": student_top1,
-        "teacher_top1": teacher_top1[0] if len(teacher_top1) == 1 else teacher_top1,
-        "teachers": found.names,
-        "alpha": cfg.alpha,
-        "temperature": cfg.temperature,
-    }
+    assistant = None
     if cfg.assistant_width:
         config = assistant_config(run.space, cfg.assistant_width)
-        summary["assistant"] = {"width": cfg.assistant_width, "flops": ss.count(run.space, config).flops, "config": list(config)}
-    return summary
+        assistant = Assistant(width=cfg.assistant_width, flops=ss.count(run.space, config).flops, config=list(config))
+    return DistillResult(
+        top1=student_top1,
+        teacher_top1=teacher_top1[0] if len(teacher_top1) == 1 else teacher_top1,
+        teachers=found.names,
+        alpha=cfg.alpha,
+        temperature=cfg.temperature,
+        assistant=assistant,
+        config=student,
+    )
 
 
 def check_teacher_fits(run: Context, model: nn.Module, name: str) -> None:

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import cli, hold_at, scored_configs, study_trials, wait_held
 from tests.ray_cluster import RayStartCluster, ray_cluster, readme_commands  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.ray
+
 
 def searched_in_process(trained_run: Path, tmp_path: Path, sets: list[str]) -> tuple[Path, Path]:
     """A copy of the trained run searched in process (the reference), and an untouched copy to search."""

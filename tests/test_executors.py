@@ -52,6 +52,7 @@ def test_in_process_and_lazy_executors_score_each_task_once_with_the_factorys_sc
     assert lazy.inner is None and lazy.report()["nodes"] == [results[0].node]  # the report outlives the pool
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_ray_actors_score_with_a_factory_shipped_once() -> None:
     from nas.ray_executor import RayExecutor

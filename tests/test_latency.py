@@ -105,10 +105,6 @@ def test_resnet20_table_is_complete_and_predicts_deterministically() -> None:
     predictions = [lut.predict(c) for c in configs]
     assert all(p > 0 and np.isfinite(p) for p in predictions)
     assert predictions == [lut.predict(c) for c in configs]
-    began = time.perf_counter()
-    for config in configs * 10:
-        lut.predict(config)
-    assert (time.perf_counter() - began) / len(configs * 10) < 5e-3  # ~0.1 ms; generous for a busy machine
 
 
 def test_smallest_is_predicted_and_measured_faster(table: LatencyTable) -> None:

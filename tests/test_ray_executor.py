@@ -28,6 +28,8 @@ from nas.ray_executor import RayExecutor, plan_actors
 from tests.conftest import ROOT
 from tests.ray_cluster import RayStartCluster, ray_cluster  # noqa: F401  (the fixture, used by test_two_nodes_both_score)
 
+pytestmark = pytest.mark.ray
+
 
 def tiny_spec() -> ScorerSpec:
     """A half-width ResNet-20 on 16x16 synthetic images; untrained, which changes nothing about scoring."""

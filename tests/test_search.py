@@ -139,6 +139,7 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
     assert arch["flops"] == trials[3].user_attrs["flops"]
 
 
+@pytest.mark.ray  # Ray Tune
 def test_top_k_fine_tuned_under_asha_and_the_survivor_exported(searched: dict[str, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(searched["evolution"], run_dir)

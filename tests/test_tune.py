@@ -30,6 +30,8 @@ from metaprune.score import fixed_batches, top1
 from metaprune.train import OptimConfig, train
 from metaprune.tune import HISTORY, Candidate, TrialStart, TuneSpec, _DurableASHA, trial_device, trial_resources, tune_finetune
 
+pytestmark = pytest.mark.ray
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 # Widths as fractions of each gene's choices. With two trials at a time, the first two listed

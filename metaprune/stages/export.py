@@ -10,7 +10,6 @@ import copy
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -20,30 +19,33 @@ from metaprune.choice import Chosen, chosen_model
 from metaprune.context import Context
 from metaprune.data import Normalizer
 from metaprune.io import atomic_torch_save, atomic_write_json
+from metaprune.results import ExportResult
 from metaprune.run_dir import EXPORT
 from metaprune.stages.quantize import finished, work_dir
 
 
-def run(run: Context) -> dict[str, Any]:
+def run(run: Context) -> ExportResult:
     chosen = chosen_model(run)
     run.begin()
     config, model, space = chosen.candidate.config, copy.deepcopy(chosen.model).cpu().eval(), run.space  # (the caller's stays)
     out = run.dir / EXPORT
     if run.pick.picked:
         out = out / f"trial-{chosen.candidate.trial}"
-    summary = export_model(model, space, config, run.prepared.normalizer, run.splits.train.classes, out)
-    checks = _deployables(run, model, out)
-    summary["files"] += checks.pop("files")
-    summary.update(checks)
+    files, reload_diff = export_model(model, space, config, run.prepared.normalizer, run.splits.train.classes, out)
+    onnx_diff, program_diff, deployables = _deployables(run, model, out)
+    files += deployables
     int8 = _quantized(run, chosen)
     if int8 is not None:
         shutil.copyfile(int8, out / "model.int8.onnx")
-        summary["files"].append(str(out / "model.int8.onnx"))
-    summary["weights"] = chosen.weights
+        files.append(str(out / "model.int8.onnx"))
+    summary = ExportResult(
+        files=files, reload_max_abs_diff=reload_diff, onnx_max_abs_diff=onnx_diff, program_max_abs_diff=program_diff,
+        weights=chosen.weights, config=list(config),
+    )  # fmt: skip
     if run.pick.picked:  # exports of other points are listed beside the winner's
-        run.store.report("exports", {**run.store.stage_result("exports"), out.name: {**summary, "config": list(config)}})
+        run.store.report("exports", {**run.store.results("exports", ExportResult), out.name: summary})
     else:
-        run.store.report("export", {**summary, "config": list(config)})
+        run.store.report("export", summary)
     if chosen.weights == "generated":
         print(
             "note: exported generated weights (not fine-tuned); `run_search.py finetune` with the same choice trains them",
@@ -52,30 +54,28 @@ def run(run: Context) -> dict[str, Any]:
     return summary
 
 
-def _deployables(run: Context, model: torch.nn.Module, out: Path) -> dict[str, Any]:
-    """model.onnx and model.pt2 (normalisation baked in: input pixels / 255), each reloaded and compared."""
+def _deployables(run: Context, model: torch.nn.Module, out: Path) -> tuple[float, float, list[str]]:
+    """model.onnx and model.pt2 (normalisation baked in: input pixels / 255), each reloaded and compared:
+    the largest output difference of each, and the two files."""
     shape = run.image_shape()
     deployable = deploy.Deployable(model, run.prepared.normalizer).eval()
     onnx_path = deploy.export_onnx(deployable, shape, out / "model.onnx")
     x = deploy._example(shape, 4)
     program_diff = deploy.export_program(deployable, x, out / "model.pt2")
-    return {
-        "onnx_max_abs_diff": deploy.onnx_max_abs_diff(deployable, onnx_path, x),
-        "program_max_abs_diff": program_diff,
-        "files": [str(onnx_path), str(out / "model.pt2")],
-    }
+    return deploy.onnx_max_abs_diff(deployable, onnx_path, x), program_diff, [str(onnx_path), str(out / "model.pt2")]
 
 
 def _quantized(run: Context, chosen: Chosen) -> Path | None:
     """The INT8 file of a finished `quantize` of this very model under these settings."""
     done = finished(run, work_dir(run, chosen))
-    return None if done is None else run.dir / done["files"]["int8"]
+    return None if done is None else run.dir / done.files.int8
 
 
 def export_model(
     model: torch.nn.Module, space: ss.SearchSpace, config: ss.Config, normalizer: Normalizer, classes: list[str], out: Path
-) -> dict[str, Any]:
-    """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs."""
+) -> tuple[list[str], float]:
+    """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs:
+    the files, and the largest output difference of the rebuilt subnet."""
     inputs = {"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std}
     cost = ss.count(space, config)
     arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
@@ -85,4 +85,4 @@ def export_model(
     x = torch.randn(4, space.in_channels, space.resolution, space.resolution, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
-    return {"files": [str(out / "architecture.json"), str(out / "weights.pt")], "reload_max_abs_diff": diff}
+    return [str(out / "architecture.json"), str(out / "weights.pt")], diff

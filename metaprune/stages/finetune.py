@@ -5,26 +5,24 @@ survivor is the winner."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import search_spaces as ss
 from metaprune import teachers, trained
 from metaprune.choice import chosen_point, require_pruningnet, start_model
 from metaprune.context import Context
 from metaprune.identity import finetune_path, meta
+from metaprune.results import FinetuneResult, TuneReport
 from metaprune.run_dir import FINETUNE
 from metaprune.train import train
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> FinetuneResult:
     if ctx.cfg.finetune.top_k > 1 and not ctx.pick.picked:
         from metaprune.stages import finetune_top_k  # imports Ray: only for this path
 
         survivor = finetune_top_k.run(ctx)
-        summary = {
-            **result_summary(ctx, survivor.config, ctx.test_top1(survivor.model), survivor.checkpoint),
-            "tune": survivor.tune,
-        }
+        summary = result(ctx, survivor.config, ctx.test_top1(survivor.model), survivor.checkpoint, tune=survivor.tune)
         report(ctx, summary, survivor.teachers)
         return summary
     config, data = chosen_point(ctx).config, ctx.prepared
@@ -33,13 +31,12 @@ def run(ctx: Context) -> dict[str, Any]:
     found = teachers.teachers(ctx)  # the base network must be trained; an assistant is trained here
     model = start_model(ctx, config)
     path = finetune_path(ctx, config)
-    result = train(
+    outcome = train(
         model, lambda x, step: model(x), data.train, data.normalizer, ctx.cfg.finetune, seed=ctx.cfg.seed,
         checkpoint=path, flip=ctx.cfg.data.flip, device=ctx.device, desc="finetune", progress=ctx.cfg.progress,
         meta=meta(ctx, FINETUNE, config), loss_fn=teachers.loss_for(ctx, found), amp=ctx.amp,
     )  # fmt: skip
-    summary = {**result_summary(ctx, config, ctx.test_top1(model), path), "steps": result.steps}
-    summary = {k: summary[k] for k in ("top1", "flops", "params", "config", "steps", "init", "checkpoint")}
+    summary = result(ctx, config, ctx.test_top1(model), path, steps=outcome.steps)
     report(ctx, summary, found)
     return summary
 
@@ -52,20 +49,25 @@ def check_start(ctx: Context) -> None:
         trained.require(ctx, "finetune.init=filter")
 
 
-def result_summary(ctx: Context, config: ss.Config, top1: float, path: Any) -> dict[str, Any]:
+def result(
+    ctx: Context, config: ss.Config, top1: float, path: Path, steps: int | None = None, tune: TuneReport | None = None
+) -> FinetuneResult:
+    """The fine-tuned model's report: one fine-tune's steps, or the top-k fine-tune's trials."""
     cost = ss.count(ctx.space, config)
-    return {
-        "top1": top1,
-        "flops": cost.flops,
-        "params": cost.params,
-        "config": list(config),
-        "init": ctx.cfg.finetune.init,
-        "checkpoint": str(path.relative_to(ctx.dir)),
-    }
+    return FinetuneResult(
+        top1=top1,
+        flops=cost.flops,
+        params=cost.params,
+        config=list(config),
+        steps=steps,
+        init=ctx.cfg.finetune.init,
+        checkpoint=str(path.relative_to(ctx.dir)),
+        tune=tune,
+    )
 
 
-def report(ctx: Context, summary: dict[str, Any], found: teachers.Teachers | None) -> None:
+def report(ctx: Context, summary: FinetuneResult, found: teachers.Teachers | None) -> None:
     """The fine-tune's result, and beside it the distillation's (student and teachers' test top-1)."""
     ctx.store.report("finetune", summary)
     if found is not None:
-        ctx.store.report("distill", {**teachers.report(ctx, found, summary["top1"]), "config": summary["config"]})
+        ctx.store.report("distill", teachers.report(ctx, found, summary.top1, summary.config))

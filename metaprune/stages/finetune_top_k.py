@@ -18,6 +18,7 @@ from metaprune.distill import to_program
 from metaprune.errors import UserError
 from metaprune.identity import digest, finetune_path, meta
 from metaprune.io import atomic_write_bytes
+from metaprune.results import TuneReport, TuneTrial
 from metaprune.run_dir import FINETUNE, TUNE
 from metaprune.studies import last_search, rank
 from metaprune.train import load_trained_weights
@@ -30,7 +31,7 @@ class Survivor:
     config: ss.Config
     model: torch.nn.Module  # on the run's device
     checkpoint: Path  # where any fine-tune of this point keeps its weights
-    tune: dict[str, Any]  # summary.json finetune.tune: the study, the survivor, every trial
+    tune: TuneReport  # summary.json finetune.tune: the study, the survivor, every trial
     teachers: teachers.Teachers | None
 
 
@@ -49,11 +50,11 @@ def run(ctx: Context) -> Survivor:
     model = ss.build_subnet(ctx.space, survivor.config).to(ctx.device)
     load_weights(model, load_trained_weights(path), path)
     trials = [
-        {"name": o.name, "config": list(o.config), "epochs": o.epochs, "val_top1": o.val_top1, "stopped_early": o.stopped_early}
+        TuneTrial(name=o.name, config=list(o.config), epochs=o.epochs, val_top1=o.val_top1, stopped_early=o.stopped_early)
         for o in outcomes
     ]
     ctx.store.set_winner(name, survivor.config, "tune")
-    block = {"study": name, "survivor": survivor.name, "trials": trials}
+    block = TuneReport(study=name, survivor=survivor.name, trials=trials)
     return Survivor(survivor.config, model, path, block, found_teachers)
 
 

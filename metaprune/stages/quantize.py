@@ -15,8 +15,8 @@ import copy
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -27,6 +27,16 @@ from metaprune.context import Context
 from metaprune.identity import digest, quantize_identity
 from metaprune.io import atomic_write_json
 from metaprune.latency import onnx_latency, torch_latency
+from metaprune.results import (
+    DynamicInt8,
+    HalfPrecision,
+    LowBitWeights,
+    QuantizeFiles,
+    QuantizeResult,
+    Unstructured,
+    from_json,
+    to_json,
+)
 from metaprune.run_dir import QUANTIZE
 from metaprune.score import calibration_images, fixed_batches, top1
 from metaprune.studies import study_name
@@ -44,23 +54,52 @@ def work_dir(run: Context, chosen: Chosen) -> Path:
     return run.dir / QUANTIZE / digest(quantize_identity(source, chosen.candidate.config, run))
 
 
-def finished(run: Context, work: Path) -> dict[str, Any] | None:
-    """The result of a finished quantization in `work`, if all its files are there."""
+@dataclass
+class Int8:
+    """The INT8 file kept (static, or QAT's when that scores higher) and both top-1s."""
+
+    path: Path
+    top1: float
+    method: str  # ptq | qat
+    ptq_top1: float
+    qat_top1: float | None  # None: no quantization-aware training ran
+
+
+def finished(run: Context, work: Path) -> QuantizeResult | None:
+    """The result of a finished quantization in `work`, if all its files are there (and its
+    result.json has this version's layout: else it is quantized again)."""
     path = work / RESULT
-    done = json.loads(path.read_text()) if path.exists() else None
-    return done if done and all((run.dir / f).exists() for f in done["files"].values()) else None
+    try:
+        done = from_json(QuantizeResult, json.loads(path.read_text())) if path.exists() else None
+    except ValueError:
+        return None
+    return done if done and all((run.dir / f).exists() for f in (done.files.fp32, done.files.int8)) else None
 
 
-def run(run: Context) -> dict[str, Any]:
+def run(run: Context) -> QuantizeResult:
     chosen = chosen_model(run)
     run.begin()
-    cfg, data = run.cfg.quantize, run.prepared
     work = work_dir(run, chosen)
     done = finished(run, work)
     if done is not None:  # this model under these settings is quantized and measured: nothing to redo
         run.store.report("quantize", done)
         return done
-    shape = run.image_shape()
+    summary = _measure(run, chosen, work)
+    atomic_write_json(work / RESULT, to_json(summary))
+    run.store.report("quantize", summary)
+    if summary.max_drop_exceeded:
+        print(
+            f"warning: INT8 top-1 {summary.int8_top1:.2f}% is more than quantize.max_drop={run.cfg.quantize.max_drop:g} "
+            f"points below FP32 {summary.fp32_top1:.2f}%; try quantize.qat_epochs, more quantize.calib_images, or ship FP32",
+            file=sys.stderr,
+        )
+    return summary
+
+
+def _measure(run: Context, chosen: Chosen, work: Path) -> QuantizeResult:
+    """Export, quantize and measure the chosen model. The figures are taken in the order of the
+    report's fields, as they always were: the timings draw their inputs from torch's generator."""
+    cfg, data, shape = run.cfg.quantize, run.prepared, run.image_shape()
     model = copy.deepcopy(chosen.model).cpu().eval()  # a copy: the caller's model stays on its device
     deployable = deploy.Deployable(model, data.normalizer).eval()
     fp32 = deploy.export_onnx(deployable, shape, work / "model.onnx")
@@ -70,39 +109,26 @@ def run(run: Context) -> dict[str, Any]:
 
     fp32_top1 = onnx_top1(fp32)
     int8 = _int8(run, model, fp32, fp32_top1, work, onnx_top1)
-    int8_path = int8.pop("path")
-    summary = {
-        "config": list(chosen.candidate.config),
-        "weights": chosen.weights,
-        "runtime": "onnxruntime",
-        "fp32_top1": fp32_top1,
-        **int8,
-        "fp32_mb": fp32.stat().st_size / MB,
-        "int8_mb": int8_path.stat().st_size / MB,
-        **_latencies(run, deployable, fp32, int8_path, shape),
-        "pytorch_top1": run.test_top1(model),
-        "onnx_max_abs_diff": deploy.onnx_max_abs_diff(deployable, fp32, deploy._example(shape, 4)),
-        "half": _half(run, model),
-        "dynamic_linear_int8": _dynamic(run, fp32, work, onnx_top1),
-        "low_bit_weights": _low_bit(run, model),
-        "unstructured": _unstructured(run, model),
-        "files": {"fp32": str(fp32.relative_to(run.dir)), "int8": str(int8_path.relative_to(run.dir))},
-        "max_drop_exceeded": fp32_top1 - int8["int8_top1"] > cfg.max_drop,
-    }
-    atomic_write_json(work / RESULT, summary)
-    run.store.report("quantize", summary)
-    if summary["max_drop_exceeded"]:
-        print(
-            f"warning: INT8 top-1 {summary['int8_top1']:.2f}% is more than quantize.max_drop={cfg.max_drop:g} points below "
-            f"FP32 {fp32_top1:.2f}%; try quantize.qat_epochs, more quantize.calib_images, or ship FP32",
-            file=sys.stderr,
-        )
-    return summary
+    head, table = _latencies(run, deployable, fp32, int8.path, shape)
+    return QuantizeResult(
+        config=list(chosen.candidate.config), weights=chosen.weights, runtime="onnxruntime", fp32_top1=fp32_top1,
+        int8_top1=int8.top1, int8_method=int8.method, ptq_int8_top1=int8.ptq_top1, qat_int8_top1=int8.qat_top1,
+        fp32_mb=fp32.stat().st_size / MB, int8_mb=int8.path.stat().st_size / MB,
+        fp32_latency_ms=head["onnxruntime_fp32"], int8_latency_ms=head["onnxruntime_int8"],
+        int8_speedup=head["onnxruntime_fp32"] / head["onnxruntime_int8"],
+        latency_ms=table, latency_threads=run.cfg.latency.threads,
+        pytorch_top1=run.test_top1(model),
+        onnx_max_abs_diff=deploy.onnx_max_abs_diff(deployable, fp32, deploy._example(shape, 4)),
+        half=_half(run, model), dynamic_linear_int8=_dynamic(run, fp32, work, onnx_top1),
+        low_bit_weights=_low_bit(run, model), unstructured=_unstructured(run, model),
+        files=QuantizeFiles(fp32=str(fp32.relative_to(run.dir)), int8=str(int8.path.relative_to(run.dir))),
+        max_drop_exceeded=fp32_top1 - int8.top1 > cfg.max_drop,
+    )  # fmt: skip
 
 
 def _int8(
     run: Context, model: torch.nn.Module, fp32: Path, fp32_top1: float, work: Path, onnx_top1: Callable[[Path], float]
-) -> dict[str, Any]:
+) -> Int8:
     """Static INT8 (QDQ), and QAT when it loses more than quantize.max_drop (or always): the better file wins."""
     cfg, data = run.cfg.quantize, run.prepared
     calib = calibration_images(data.train, cfg.calib_images, run.cfg.data.split_seed).images
@@ -115,11 +141,14 @@ def _int8(
         qat_top1 = onnx_top1(qat_path)
         if qat_top1 > ptq_top1:  # the INT8 artifact is the better of the two
             method, int8, int8_top1 = "qat", qat_path, qat_top1
-    return {"int8_top1": int8_top1, "int8_method": method, "ptq_int8_top1": ptq_top1, "qat_int8_top1": qat_top1, "path": int8}
+    return Int8(path=int8, top1=int8_top1, method=method, ptq_top1=ptq_top1, qat_top1=qat_top1)
 
 
-def _latencies(run: Context, deployable: torch.nn.Module, fp32: Path, int8: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
-    """Median latency (ms) of each file in ONNX Runtime and of FP32 in PyTorch eager, at batch 1 and 32."""
+def _latencies(
+    run: Context, deployable: torch.nn.Module, fp32: Path, int8: Path, shape: tuple[int, int, int]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Median latency (ms) of each file in ONNX Runtime and of FP32 in PyTorch eager, at batch 1 and 32:
+    the figures at latency.batch (batch 1 if it is neither), and the whole table."""
     lat = run.cfg.latency
     table: dict[str, dict[str, float]] = {}
     for batch in LATENCY_BATCHES:
@@ -128,13 +157,7 @@ def _latencies(run: Context, deployable: torch.nn.Module, fp32: Path, int8: Path
         eager = torch_latency(deployable, shape, batch, lat.threads, lat.warmup, lat.runs).median_ms
         table[f"batch_{batch}"] = {"onnxruntime_fp32": ort_fp32, "onnxruntime_int8": ort_int8, "pytorch_fp32": eager}
     head = table[f"batch_{lat.batch}"] if lat.batch in LATENCY_BATCHES else table["batch_1"]
-    return {
-        "fp32_latency_ms": head["onnxruntime_fp32"],
-        "int8_latency_ms": head["onnxruntime_int8"],
-        "int8_speedup": head["onnxruntime_fp32"] / head["onnxruntime_int8"],
-        "latency_ms": table,
-        "latency_threads": lat.threads,
-    }
+    return head, table
 
 
 def _qat(run: Context, model: torch.nn.Module, calib: torch.Tensor, work: Path) -> Path:
@@ -150,7 +173,7 @@ def _qat(run: Context, model: torch.nn.Module, calib: torch.Tensor, work: Path) 
     return qat.export_qat_onnx(trainee.eval(), data.normalizer, run.image_shape(), work / "model.qat.onnx")
 
 
-def _half(run: Context, model: torch.nn.Module) -> dict[str, Any]:
+def _half(run: Context, model: torch.nn.Module) -> HalfPrecision:
     """Top-1 under autocast: what bf16 (and fp16) inference would give, beside FP32 on the same
     images. Without bf16/fp16 units a CPU emulates them (tens of times slower than FP32), so on a
     CPU only the first HALF_IMAGES_CPU test images are used; speed is not claimed."""
@@ -159,37 +182,37 @@ def _half(run: Context, model: torch.nn.Module) -> dict[str, Any]:
     device = run.device.type
     batches = fixed_batches(test, data.normalizer, run.cfg.score.eval_batch_size, device)
     model = copy.deepcopy(model).to(device)  # a copy on the run's device: the caller's stays on the CPU
-    found: dict[str, Any] = {"images": len(test), "fp32": top1(model, batches)}
-    found |= {
-        name: deploy.half_top1(model, batches, dtype, device)
-        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
-    }
-    return found
+    return HalfPrecision(
+        images=len(test),
+        fp32=top1(model, batches),
+        bf16=deploy.half_top1(model, batches, torch.bfloat16, device),
+        fp16=deploy.half_top1(model, batches, torch.float16, device),
+    )
 
 
-def _dynamic(run: Context, fp32: Path, work: Path, onnx_top1: Any) -> dict[str, float]:
+def _dynamic(run: Context, fp32: Path, work: Path, onnx_top1: Callable[[Path], float]) -> DynamicInt8:
     path = deploy.quantize_dynamic_linear(fp32, work / "model.dynamic.onnx")
-    return {"top1": onnx_top1(path), "mb": path.stat().st_size / MB}
+    return DynamicInt8(top1=onnx_top1(path), mb=path.stat().st_size / MB)
 
 
-def _low_bit(run: Context, model: torch.nn.Module) -> dict[str, Any]:
+def _low_bit(run: Context, model: torch.nn.Module) -> LowBitWeights:
     """Low-bit weights (compress.weight_scheme, weight_bits) as a size option, with their top-1."""
     cfg, data = run.cfg.compress, run.prepared
     quantized, packed = quantize_weights(model, cfg.weight_scheme, cfg.weight_bits, cfg.kmeans_iters)
     batches = fixed_batches(data.test, data.normalizer, run.cfg.score.eval_batch_size, "cpu")
-    return {"scheme": cfg.weight_scheme, "bits": cfg.weight_bits, "top1": top1(quantized, batches), "packed_mb": packed / MB}
+    return LowBitWeights(scheme=cfg.weight_scheme, bits=cfg.weight_bits, top1=top1(quantized, batches), packed_mb=packed / MB)
 
 
-def _unstructured(run: Context, model: torch.nn.Module) -> dict[str, Any]:
+def _unstructured(run: Context, model: torch.nn.Module) -> Unstructured:
     """`compress.sparsity` of the conv/linear weights zeroed by global magnitude, without retraining:
     what unstructured pruning on top of the structured subnet gives, in top-1 and stored size."""
     data = run.prepared
     pruned = copy.deepcopy(model)
     apply_masks(pruned, magnitude_prune(pruned, run.cfg.compress.sparsity))
     batches = fixed_batches(data.test, data.normalizer, run.cfg.score.eval_batch_size, "cpu")
-    return {
-        "sparsity": sparsity_of(pruned),
-        "top1": top1(pruned, batches),
-        "sparse_mb": sparse_bytes(pruned) / MB,
-        "dense_mb": dense_bytes(model) / MB,
-    }
+    return Unstructured(
+        sparsity=sparsity_of(pruned),
+        top1=top1(pruned, batches),
+        sparse_mb=sparse_bytes(pruned) / MB,
+        dense_mb=dense_bytes(model) / MB,
+    )

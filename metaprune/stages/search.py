@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 from metaprune.choice import require_pruningnet, scorer_spec
 from metaprune.context import Context
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_bytes
 from metaprune.latency import LatencyTable, build_latency_table, lut_accuracy, table_file_name
+from metaprune.results import BestCandidate, CheckedConfig, FrontPoint, LatencyReport, SearchResult, SearchTiming, TableCheck
 from metaprune.run_dir import FRONT_PLOT
 from metaprune.score import ScorerSpec
 from metaprune.studies import guard, open_study, rank
@@ -23,7 +23,7 @@ from nas.storage import redact
 from nas.study import Candidate, StudyRecord, pareto_front
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> SearchResult:
     require_pruningnet(ctx)
     spec = scorer_spec(ctx)  # fails on an unfit PruningNet before anything is written
     check_ray_address(ctx)
@@ -37,28 +37,27 @@ def run(ctx: Context) -> dict[str, Any]:
 
     png = front_png(outcome.candidates, front, ctx.search_window[1], ctx.full.flops, title=record.name)
     atomic_write_bytes(ctx.dir / FRONT_PLOT, png)
-    summary = {
-        "searcher": search.searcher,
-        "study": record.name,
-        "storage": redact(record.storage.location),
-        "executor": search.executor if search.executor == "inprocess" else f"ray x{search.workers}",
-        "pool": pool,  # where this run's candidates were scored (empty when all came from the study)
-        "evaluated": len(outcome.candidates),
-        "trials": outcome.trials,
-        "scored_this_run": outcome.scored_now,
-        "budget_flops": ctx.search_window[1],
-        "best": candidate_summary(ctx, best),
-        "pareto": [point(c) for c in front],
-        "plot": FRONT_PLOT,
-        "timing": timing(outcome),
-    }
-    if table is not None:
-        summary["latency"] = latency_report(ctx, table, best, front)
+    summary = SearchResult(
+        searcher=search.searcher,
+        study=record.name,
+        storage=redact(record.storage.location),
+        executor=search.executor if search.executor == "inprocess" else f"ray x{search.workers}",
+        pool=pool,  # where this run's candidates were scored (no nodes when all came from the study)
+        evaluated=len(outcome.candidates),
+        trials=outcome.trials,
+        scored_this_run=outcome.scored_now,
+        budget_flops=ctx.search_window[1],
+        best=candidate_summary(ctx, best),
+        pareto=[point(c) for c in front],
+        plot=FRONT_PLOT,
+        timing=timing(outcome),
+        latency=None if table is None else latency_report(ctx, table, best, front),
+    )
     _record_winner(ctx, record.name, best, summary)
     return summary
 
 
-def _search(ctx: Context, spec: ScorerSpec, table: LatencyTable | None) -> tuple[StudyRecord, SearchOutcome, dict[str, Any]]:
+def _search(ctx: Context, spec: ScorerSpec, table: LatencyTable | None) -> tuple[StudyRecord, SearchOutcome, dict[str, object]]:
     """The searcher driven to its end over the run's study; the pool's report once it is closed."""
     search = ctx.cfg.search
     feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
@@ -79,16 +78,16 @@ def _search(ctx: Context, spec: ScorerSpec, table: LatencyTable | None) -> tuple
     return record, outcome, executor.report()
 
 
-def timing(outcome: SearchOutcome) -> dict[str, Any]:
+def timing(outcome: SearchOutcome) -> SearchTiming:
     share = outcome.driver_seconds / max(outcome.scoring_seconds, 1e-9)
-    return {
-        "driver_s": round(outcome.driver_seconds, 3),
-        "scoring_s": round(outcome.scoring_seconds, 3),
-        "driver_share": round(share, 4) if outcome.scored_now else None,
-    }
+    return SearchTiming(
+        driver_s=round(outcome.driver_seconds, 3),
+        scoring_s=round(outcome.scoring_seconds, 3),
+        driver_share=round(share, 4) if outcome.scored_now else None,
+    )
 
 
-def _record_winner(ctx: Context, study: str, best: Candidate, summary: dict[str, Any]) -> None:
+def _record_winner(ctx: Context, study: str, best: Candidate, summary: SearchResult) -> None:
     """The search's best is the winner, unless a top-k fine-tune of this same study chose its survivor."""
     previous = ctx.store.winner()
     keep = previous["config"] if previous and previous["study"] == study and previous["by"] == "tune" else None
@@ -152,37 +151,42 @@ def latency_table(ctx: Context) -> LatencyTable:
     return table
 
 
-def latency_report(ctx: Context, table: LatencyTable, best: Candidate, front: list[Candidate]) -> dict[str, Any]:
+def latency_report(ctx: Context, table: LatencyTable, best: Candidate, front: list[Candidate]) -> LatencyReport:
     """The budget, the winner's predicted latency, and the table checked against measured whole subnets."""
     checked = [c.config for c in front[:: max(1, len(front) // 5)]][:5]  # up to 5 points spread along the front
     check = lut_accuracy(ctx.space, table, checked, runs=ctx.cfg.latency.runs, device=ctx.device_kind)
-    return {
-        "max_latency_ms": ctx.cfg.search.max_latency_ms,
-        "batch": table.batch,
-        "threads": table.threads,
-        "device": table.device,
-        "best_predicted_ms": table.predict(best.config),
-        "table_check": {k: check[k] for k in ("mape_pct", "max_error_pct", "kendall_tau", "configs")},
-    }
+    return LatencyReport(
+        max_latency_ms=ctx.cfg.search.max_latency_ms,
+        batch=table.batch,
+        threads=table.threads,
+        device=table.device,
+        best_predicted_ms=table.predict(best.config),
+        table_check=TableCheck(
+            mape_pct=check["mape_pct"],
+            max_error_pct=check["max_error_pct"],
+            kendall_tau=check["kendall_tau"],
+            configs=[CheckedConfig(**row) for row in check["configs"]],
+        ),
+    )
 
 
-def point(candidate: Candidate) -> dict[str, Any]:
-    return {
-        "trial": candidate.trial,
-        "config": list(candidate.config),
-        "flops": candidate.flops,
-        "params": candidate.params,
-        "proxy_top1": candidate.proxy_top1,
-    }
+def point(candidate: Candidate) -> FrontPoint:
+    return FrontPoint(
+        trial=candidate.trial,
+        config=list(candidate.config),
+        flops=candidate.flops,
+        params=candidate.params,
+        proxy_top1=candidate.proxy_top1,
+    )
 
 
-def candidate_summary(ctx: Context, best: Candidate) -> dict[str, Any]:
-    return {
-        "trial": best.trial,
-        "config": list(best.config),
-        "channels": ctx.space.describe(best.config),
-        "flops": best.flops,
-        "flops_ratio": best.flops / ctx.full.flops,
-        "params": best.params,
-        "proxy_top1": best.proxy_top1,
-    }
+def candidate_summary(ctx: Context, best: Candidate) -> BestCandidate:
+    return BestCandidate(
+        trial=best.trial,
+        config=list(best.config),
+        channels=ctx.space.describe(best.config),
+        flops=best.flops,
+        flops_ratio=best.flops / ctx.full.flops,
+        params=best.params,
+        proxy_top1=best.proxy_top1,
+    )

@@ -3,7 +3,7 @@ user's trained network (`base.weights`) measured; the teacher and the reference 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import torch
 
@@ -11,18 +11,19 @@ import search_spaces as ss
 from metaprune import trained
 from metaprune.context import Context
 from metaprune.identity import base_meta
+from metaprune.results import BaseResult
 from metaprune.run_dir import BASE
 from metaprune.train import train
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> BaseResult:
     if trained.weights_file(ctx) is not None:
         model = trained.model(ctx)
-        ctx.begin()
-        summary = {**ctx.store.stage_result("base"), "top1": ctx.test_top1(model), "weights": str(trained.weights_file(ctx))}
+        base = ctx.begin()
+        summary = replace(base, top1=ctx.test_top1(model), weights=str(trained.weights_file(ctx)))
         ctx.store.report("base", summary)
         return summary
-    ctx.begin()
+    base = ctx.begin()
     torch.manual_seed(ctx.cfg.seed)  # the initial weights are part of what the seed fixes
     model = ss.build_subnet(ctx.space, ctx.space.largest).to(ctx.device)
     data = ctx.prepared
@@ -31,6 +32,6 @@ def run(ctx: Context) -> dict[str, Any]:
         checkpoint=ctx.dir / BASE, flip=ctx.cfg.data.flip, device=ctx.device, desc="base", progress=ctx.cfg.progress,
         amp=ctx.amp, meta=base_meta(ctx),
     )  # fmt: skip
-    summary = {**ctx.store.stage_result("base"), "top1": ctx.test_top1(model), "steps": result.steps, "checkpoint": BASE}
+    summary = replace(base, top1=ctx.test_top1(model), steps=result.steps, checkpoint=BASE)
     ctx.store.report("base", summary)
     return summary

@@ -3,8 +3,6 @@ the importance-ordered trained network and distilled from it (`pruningnet.init=t
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -14,11 +12,12 @@ from metaprune.context import Context
 from metaprune.distill import DistillLoss
 from metaprune.identity import meta, pruningnet_config, pruningnet_optim
 from metaprune.pruningnet import PruningNet, warm_start
+from metaprune.results import PruningNetResult
 from metaprune.run_dir import PRUNINGNET
 from metaprune.train import Loss, step_seed, train
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> PruningNetResult:
     warm = trained.pruningnet_init(ctx) == "trained"
     if warm:
         trained.require(ctx, "pruningnet.init=trained")
@@ -40,7 +39,7 @@ def run(ctx: Context) -> dict[str, Any]:
     )  # fmt: skip
     tail = result.losses[-max(1, len(result.losses) // 10) :]
     final = float(np.mean(tail)) if tail else None  # none with 0 epochs: the warm start as it is
-    summary = {"steps": result.steps, "final_loss": final, "checkpoint": PRUNINGNET, "init": "trained" if warm else "scratch"}
+    summary = PruningNetResult(steps=result.steps, final_loss=final, checkpoint=PRUNINGNET, init="trained" if warm else "scratch")
     ctx.store.report("pruningnet", summary)
     return summary
 
