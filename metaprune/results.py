@@ -279,6 +279,14 @@ def from_json(cls: type[R], data: object) -> R:
     return read
 
 
+def from_json_or_none(cls: type[R], data: object) -> R | None:
+    """`from_json`, or None where `data` has another layout (written by another version)."""
+    try:
+        return from_json(cls, data)
+    except ValueError:
+        return None
+
+
 def _write(value: object) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _write_fields(value)

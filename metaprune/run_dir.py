@@ -23,11 +23,11 @@ import json
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
-from metaprune.results import Result, from_json, to_json
+from metaprune.results import R, Result, from_json_or_none, to_json
 from search_spaces import Config
 
 BASE = "base.pt"
@@ -43,8 +43,6 @@ RUN_ID = "run_id"
 WINNER = "winner.json"
 SUMMARY = "summary.json"
 WINNER_STAGES = ("finetune", "distill", "quantize", "export")  # results about one model: each names its config
-
-R = TypeVar("R")
 
 
 class RunDir:
@@ -98,11 +96,11 @@ class RunDir:
         """One stage's result as `report` took it, or None: not reported, or written in another
         layout (by another version; the stage reports it anew)."""
         found = self.summary().get(stage)
-        return None if found is None else _typed(cls, found)
+        return None if found is None else from_json_or_none(cls, found)
 
     def results(self, stage: str, cls: type[R]) -> dict[str, R]:
         """A stage that reports one result per name (`exports`: per export directory)."""
-        found = {name: _typed(cls, data) for name, data in self.summary().get(stage, {}).items()}
+        found = {name: from_json_or_none(cls, data) for name, data in self.summary().get(stage, {}).items()}
         return {name: result for name, result in found.items() if result is not None}
 
     def report(
@@ -145,10 +143,3 @@ class RunDir:
         if not path.exists():
             atomic_write_text(path, uuid.uuid4().hex[:12] + "\n")
         return path.read_text().strip()
-
-
-def _typed(cls: type[R], data: object) -> R | None:
-    try:
-        return from_json(cls, data)
-    except ValueError:
-        return None

@@ -34,7 +34,7 @@ from metaprune.results import (
     QuantizeFiles,
     QuantizeResult,
     Unstructured,
-    from_json,
+    from_json_or_none,
     to_json,
 )
 from metaprune.run_dir import QUANTIZE
@@ -69,10 +69,7 @@ def finished(run: Context, work: Path) -> QuantizeResult | None:
     """The result of a finished quantization in `work`, if all its files are there (and its
     result.json has this version's layout: else it is quantized again)."""
     path = work / RESULT
-    try:
-        done = from_json(QuantizeResult, json.loads(path.read_text())) if path.exists() else None
-    except ValueError:
-        return None
+    done = from_json_or_none(QuantizeResult, json.loads(path.read_text())) if path.exists() else None
     return done if done and all((run.dir / f).exists() for f in (done.files.fp32, done.files.int8)) else None
 
 
