@@ -179,3 +179,41 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = cli("train-pruningnet", run_dir=run_dir)
     assert result.returncode == 0, result.stderr
     return run_dir
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, Ray's tests run on one worker, one after another: the README's `ray stop`,
+    which tests/ray_cluster.py runs as a user would, stops every Ray process on the machine (a
+    Ray test on another worker lost its Ray to it mid-test, and the worker with it)."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse at once, with the fix, where pytest-xdist is known to ignore the `ray` group."""
+    from importlib.metadata import version
+
+    grouping = config.getoption("dist", default="no") == "loadgroup" and not hasattr(config, "workerinput")
+    xdist = tuple(int(part) for part in version("pytest-xdist").split(".")[:2]) if grouping else ()
+    if grouping and pytest.version_tuple[:2] >= (9, 2) and xdist <= (3, 8):
+        pytest.exit(
+            f"pytest {pytest.__version__} with pytest-xdist {version('pytest-xdist')} ignores --dist=loadgroup "
+            "(pytest-xdist#1386): install the pinned versions (pip install -c constraints.txt -e '.[test]') "
+            "or run with -n 0",
+            returncode=4,
+        )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a worker, stop if xdist ignored the `ray` group anyway (a version pytest_configure does not
+    know): Ray tests spread over workers stop each other's Ray, and a worker dies with its test."""
+    if not hasattr(session.config, "workerinput") or not session.config.getoption("loadgroup", default=False):
+        return
+    ungrouped = [item.nodeid for item in session.items if item.get_closest_marker("ray") and not item.nodeid.endswith("@ray")]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist ignored the `ray` group ({ungrouped[0]}); install the pinned versions "
+            "(pip install -c constraints.txt -e '.[test]') or run with -n 0"
+        )
