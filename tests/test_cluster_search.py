@@ -56,6 +56,7 @@ def test_cli_search_on_a_two_node_cluster_matches_in_process(
     )
 
 
+@pytest.mark.timeout(600)  # run first or alone, the cluster's start-up and the reference search count too
 def test_a_worker_node_lost_mid_search_loses_and_duplicates_nothing(
     trained_run: Path,
     reference: Path,
