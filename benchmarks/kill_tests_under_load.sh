@@ -48,13 +48,13 @@ for round in $(seq "$rounds"); do
     # -n 0: one process, as these tests run on the `ray` worker of the suite
     if python -m pytest -q -n 0 -p no:cacheprovider "${tests[@]}" >"$log" 2>&1; then
         outcome=passed
-        rm -f "$log"
     else
         outcome="FAILED (log: $log)"
         failed=$((failed + 1))
     fi
-    summary=$(grep -E "passed|failed" "$log" 2>/dev/null | tail -1)
-    echo "round $round/$rounds: $outcome in $(($(date +%s) - start)) s, load average $(cut -d' ' -f1-3 /proc/loadavg) ${summary}"
+    counts=$(grep -E "[0-9]+ (passed|failed)" "$log" | tail -1)
+    [ "$outcome" = passed ] && rm -f "$log"
+    echo "round $round/$rounds: $outcome in $(($(date +%s) - start)) s, load average $(cut -d' ' -f1-3 /proc/loadavg); pytest: ${counts}"
 done
-echo "$((rounds - failed))/$rounds rounds passed, $busy busy processes beside them"
+echo "$((rounds - failed))/$rounds rounds passed, beside $busy busy process(es)"
 [ "$failed" = 0 ]
