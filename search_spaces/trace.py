@@ -36,6 +36,8 @@ ELEMENTWISE_FUNCTIONS = {
 }  # fmt: skip
 JOINING_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul}  # equal channels in, the same out
 ELEMENTWISE_METHODS = {"relu", "sigmoid", "contiguous", "clone"}
+RESHAPES = {torch.flatten, "flatten", "view", "reshape", "squeeze"}  # (N, C, 1, 1) -> (N, C) keeps the channels
+REDUCTIONS = {torch.mean, "mean", torch.amax, "amax"}  # over the spatial dims only: a global pool
 
 
 class TraceError(ValueError):
@@ -163,7 +165,7 @@ def _visit(node: fx.Node, modules: dict[str, nn.Module], parts: dict[fx.Node, Pa
         return _joined(parts[inputs[0]], parts[inputs[1]], node, slots)
     if node.target is torch.cat and _cat_dim(node) == 1:
         return [slot for source in node.args[0] for slot in parts[source]]  # type: ignore[union-attr, index]
-    if node.target in (torch.flatten, "flatten") and _spatial(inputs[0]) == 1:
+    if inputs and _keeps_channels(node, inputs[0]):
         return parts[inputs[0]]
     return _unknown(node, inputs, parts, slots)
 
@@ -222,9 +224,22 @@ def _cat_dim(node: fx.Node) -> int:
     return (dim + ndim if dim < 0 else dim) if isinstance(dim, int) else -99
 
 
-def _spatial(node: fx.Node) -> int:
-    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
-    return int(torch.Size(shape[2:]).numel()) if shape is not None and len(shape) > 2 else 1
+def _keeps_channels(node: fx.Node, source: fx.Node) -> bool:
+    """A reshape of 1x1 maps to (N, C), or a mean / max over the spatial dims: channel c stays c."""
+    out, given = (getattr(n.meta.get("tensor_meta"), "shape", None) for n in (node, source))
+    if out is None or given is None or len(given) < 3 or tuple(out[:2]) != tuple(given[:2]) or _numel(out[2:]) != 1:
+        return False
+    if node.target in RESHAPES:
+        return _numel(given[2:]) == 1
+    if node.target in REDUCTIONS:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else dims
+        return isinstance(dims, (list, tuple)) and all(isinstance(d, int) and d % len(given) >= 2 for d in dims)
+    return False
+
+
+def _numel(dims: object) -> int:
+    return int(torch.Size(dims).numel())  # type: ignore[arg-type]
 
 
 def _path(node: fx.Node) -> str:

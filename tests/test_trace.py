@@ -72,13 +72,29 @@ class Separable(nn.Module):
         return self.fc(self.pw(self.dw(self.stem(x))).mean((2, 3)))
 
 
-def test_a_depthwise_conv_ties_its_input_to_its_output() -> None:
-    with pytest.warns(UserWarning, match=r"mean at the model's forward \(mean\)"):  # not known yet: frozen, and said
-        groups = channel_groups(Separable(), torch.zeros(1, 3, 8, 8))
+def test_a_depthwise_conv_ties_its_input_to_its_output_and_a_spatial_mean_keeps_the_channels() -> None:
+    groups = channel_groups(Separable(), torch.zeros(1, 3, 8, 8))
     (stem,) = [g for g in groups if "stem.0" in g.producers]
     assert stem.frozen is None and stem.producers == ["stem.0", "dw.0"] and stem.consumers == ["dw.0", "pw.0"]
     (pointwise,) = [g for g in groups if "pw.0" in g.producers]
-    assert pointwise.frozen == "mean at the model's forward (mean)"
+    assert pointwise.frozen is None and pointwise.consumers == ["fc"]
+
+
+def test_a_mean_over_the_channels_is_not_a_pool() -> None:
+    class Squeezed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.out(self.conv(x))
+            return y * y.mean(1, keepdim=True)  # (N, 1, H, W): every channel's value mixed
+
+    with pytest.warns(UserWarning) as caught:  # the mean, then the product broadcast over channels
+        groups = channel_groups(nn.Sequential(Squeezed(), nn.Conv2d(4, 2, 1)), torch.zeros(1, 3, 4, 4))
+    said = [str(w.message).split(" are ")[0] for w in caught]
+    assert said == ["channels through mean at 0 (mean)", "channels through mul at 0 (mul)"]
+    assert [g.producers for g in groups if g.frozen is None] == [["0.conv"]]
 
 
 class Gated(nn.Module):
