@@ -130,9 +130,13 @@ def _traced(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     return graph
 
 
+def _shape(node: fx.Node) -> torch.Size | None:
+    """The shape ShapeProp recorded for `node`'s output (None: not a tensor)."""
+    return getattr(node.meta.get("tensor_meta"), "shape", None)
+
+
 def _channels(node: fx.Node) -> int:
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
+    shape = _shape(node)
     return int(shape[1]) if shape is not None and len(shape) >= 2 else 0
 
 
@@ -220,13 +224,13 @@ def _unknown(node: fx.Node, inputs: list[fx.Node], parts: dict[fx.Node, Parts], 
 def _cat_dim(node: fx.Node) -> int:
     """The concatenated dimension, counted from the front (-99 when it is not a constant)."""
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    ndim = len(getattr(node.meta.get("tensor_meta"), "shape", ()))
+    ndim = len(_shape(node) or ())
     return (dim + ndim if dim < 0 else dim) if isinstance(dim, int) else -99
 
 
 def _keeps_channels(node: fx.Node, source: fx.Node) -> bool:
     """A reshape of 1x1 maps to (N, C), or a mean / max over the spatial dims: channel c stays c."""
-    out, given = (getattr(n.meta.get("tensor_meta"), "shape", None) for n in (node, source))
+    out, given = _shape(node), _shape(source)
     if out is None or given is None or len(given) < 3 or tuple(out[:2]) != tuple(given[:2]) or _numel(out[2:]) != 1:
         return False
     if node.target in RESHAPES:
