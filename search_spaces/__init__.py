@@ -1,7 +1,8 @@
 """Network families as data: genes, layers, and everything derived from them.
 
-A `SearchSpace` describes a family; a configuration (`Config`) picks one width per gene. From
-the two alone: `build_subnet` gives the plain `nn.Module`, `count` its FLOPs and params (equal to
+A `SearchSpace` describes a family (a chain of layers), a `GraphSpace` any traced module
+(`from_module`); a configuration (`Config`) picks one width per gene. From the two alone:
+`build_subnet` (`build_graph_subnet`) gives the plain `nn.Module`, `count` its FLOPs and params (equal to
 thop's), and `sample_within` / `mutate` / `crossover` give searchers their moves.
 """
 
@@ -22,6 +23,7 @@ from search_spaces._space import (
     Config,
     ConvLayer,
     Gene,
+    GeneSpace,
     MaxPool,
     ResidualBlock,
     SearchSpace,
@@ -30,6 +32,7 @@ from search_spaces._space import (
     default_scales,
     with_channel_multiple,
 )
+from search_spaces.graph import GraphSpace, TraceError, build_graph_subnet, from_module
 
 __all__ = [
     "Classifier",
@@ -38,13 +41,17 @@ __all__ = [
     "Cost",
     "Family",
     "Gene",
+    "GeneSpace",
+    "GraphSpace",
     "LayerFactory",
+    "TraceError",
     "MaxPool",
     "Network",
     "ResidualBlock",
     "SearchSpace",
     "Width",
     "architecture",
+    "build_graph_subnet",
     "build_subnet",
     "check_window",
     "conv_out_size",
@@ -53,6 +60,7 @@ __all__ = [
     "crossover",
     "default_scales",
     "flops",
+    "from_module",
     "get_family",
     "list_spaces",
     "load_subnet",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search_spaces._space import Config, ConvLayer, MaxPool, ResidualBlock, SearchSpace, conv_out_size
+from search_spaces._space import Config, ConvLayer, GeneSpace, MaxPool, ResidualBlock, SearchSpace, conv_out_size
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,13 @@ def _conv_cost(space: SearchSpace, conv: ConvLayer, config: Config, size: int) -
     return Cost(flops, weights + 2 * cout), out_size
 
 
-def count(space: SearchSpace, config: Config) -> Cost:
+def count(space: GeneSpace, config: Config) -> Cost:
     """FLOPs and params of the plain subnet of `config`, exactly as thop counts them."""
+    from search_spaces.graph import GraphSpace, count_graph
+
+    if isinstance(space, GraphSpace):
+        return Cost(*count_graph(space, config))
+    assert isinstance(space, SearchSpace), type(space)
     config = space.validate(config)
     size, total = space.resolution, Cost(0, 0)
     for layer in space.layers:
@@ -55,9 +60,9 @@ def count(space: SearchSpace, config: Config) -> Cost:
     return total + Cost(pool + features * classes, features * classes + classes)
 
 
-def flops(space: SearchSpace, config: Config) -> int:
+def flops(space: GeneSpace, config: Config) -> int:
     return count(space, config).flops
 
 
-def params(space: SearchSpace, config: Config) -> int:
+def params(space: GeneSpace, config: Config) -> int:
     return count(space, config).params

@@ -11,12 +11,12 @@ from typing import Literal
 import numpy as np
 
 from search_spaces._count import flops
-from search_spaces._space import Config, SearchSpace
+from search_spaces._space import Config, GeneSpace
 
 _RANDOM_TRIES = 64
 
 
-def check_window(space: SearchSpace, min_flops: float, max_flops: float) -> None:
+def check_window(space: GeneSpace, min_flops: float, max_flops: float) -> None:
     """Raise ValueError when no configuration can have FLOPs in [min_flops, max_flops]."""
     low, high = flops(space, space.smallest), flops(space, space.largest)
     if max_flops < low:
@@ -30,12 +30,12 @@ def check_window(space: SearchSpace, min_flops: float, max_flops: float) -> None
         )
 
 
-def sample(space: SearchSpace, rng: np.random.Generator) -> Config:
+def sample(space: GeneSpace, rng: np.random.Generator) -> Config:
     """A uniformly random configuration: each gene's choice drawn independently."""
     return tuple(int(rng.integers(len(g.choices))) for g in space.genes)
 
 
-def repair(space: SearchSpace, config: Config, rng: np.random.Generator, min_flops: float, max_flops: float) -> Config:
+def repair(space: GeneSpace, config: Config, rng: np.random.Generator, min_flops: float, max_flops: float) -> Config:
     """Move random genes one step at a time until FLOPs lie in the window.
 
     Shrinks while over `max_flops`, then grows only genes whose next step stays under it. It ends
@@ -57,9 +57,7 @@ def repair(space: SearchSpace, config: Config, rng: np.random.Generator, min_flo
     return tuple(current)
 
 
-def sample_within(
-    space: SearchSpace, rng: np.random.Generator, min_flops: float = 0.0, max_flops: float = float("inf")
-) -> Config:
+def sample_within(space: GeneSpace, rng: np.random.Generator, min_flops: float = 0.0, max_flops: float = float("inf")) -> Config:
     """A random configuration with FLOPs in [min_flops, max_flops]: rejection, then repair."""
     config = sample(space, rng)
     for _ in range(_RANDOM_TRIES):
@@ -69,7 +67,7 @@ def sample_within(
     return repair(space, config, rng, min_flops, max_flops)
 
 
-def mutate(space: SearchSpace, config: Config, rng: np.random.Generator, prob: float = 0.1) -> Config:
+def mutate(space: GeneSpace, config: Config, rng: np.random.Generator, prob: float = 0.1) -> Config:
     """Resample each gene with probability `prob` (the paper's mutation)."""
     out = list(space.validate(config))
     for i, gene in enumerate(space.genes):
@@ -78,7 +76,7 @@ def mutate(space: SearchSpace, config: Config, rng: np.random.Generator, prob: f
     return tuple(out)
 
 
-def crossover(space: SearchSpace, a: Config, b: Config, rng: np.random.Generator) -> Config:
+def crossover(space: GeneSpace, a: Config, b: Config, rng: np.random.Generator) -> Config:
     """Uniform crossover: each gene from either parent with equal probability."""
     a, b = space.validate(a), space.validate(b)
     return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
@@ -87,7 +85,7 @@ def crossover(space: SearchSpace, a: Config, b: Config, rng: np.random.Generator
 Rounding = Literal["down", "nearest"]
 
 
-def uniform(space: SearchSpace, scale: float, rounding: Rounding = "down") -> Config:
+def uniform(space: GeneSpace, scale: float, rounding: Rounding = "down") -> Config:
     """Uniform width scaling: every gene at the choice nearest `scale` x its base width.
 
     "down" (the width-multiplier baseline): the widest choice at most that wide (the smallest choice
@@ -106,7 +104,7 @@ def _scaled_choice(choices: tuple[int, ...], wanted: float, rounding: Rounding) 
     return max([i for i, c in enumerate(choices) if c <= wanted + 1e-9], default=0)
 
 
-def uniform_within(space: SearchSpace, max_flops: float) -> Config:
+def uniform_within(space: GeneSpace, max_flops: float) -> Config:
     """The uniformly scaled network with the most FLOPs within `max_flops` (the classic width
     multiplier baseline at a FLOPs budget). FLOPs grow with the scale, so a bisection finds it;
     then genes, in order, take one more step while the budget allows, so that the FLOPs match a

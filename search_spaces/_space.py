@@ -108,39 +108,16 @@ def conv_out_size(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """A network family as data. Build, count and sample from this description alone."""
+class GeneSpace:
+    """What searchers see of a space: its name and genes. A configuration picks one choice per gene;
+    `SearchSpace` (a chain of layers) and `GraphSpace` (a traced module) both derive from this."""
 
     name: str
-    in_channels: int
-    resolution: int
     genes: tuple[Gene, ...]
-    layers: tuple[Layer, ...]
-    head: Classifier
 
-    def __post_init__(self) -> None:
-        _validate_space(self)
-
-    # -- widths -------------------------------------------------------------------------------
     @cached_property  # looked up for every layer at every step: build it once
     def gene_index(self) -> dict[str, int]:
         return {g.name: i for i, g in enumerate(self.genes)}
-
-    def channels(self, width: Width, config: Config) -> int:
-        """The channel count of `width` under `config`."""
-        if isinstance(width, int):
-            return width
-        gene = self.gene_index[width]
-        return self.genes[gene].choices[config[gene]]
-
-    def base_channels(self, width: Width) -> int:
-        """The full width of `width`, the size its generator produces."""
-        return width if isinstance(width, int) else self.genes[self.gene_index[width]].base
-
-    def scale(self, width: Width, config: Config) -> float:
-        """Channels over full width: the generators' input."""
-        return self.channels(width, config) / self.base_channels(width)
 
     @property
     def largest(self) -> Config:
@@ -150,7 +127,6 @@ class SearchSpace:
     def smallest(self) -> Config:
         return tuple(0 for _ in self.genes)
 
-    # -- validation and encoding ----------------------------------------------------------------
     def validate(self, config: Config) -> Config:
         """Return `config` as a tuple of ints, or raise ValueError naming what is wrong."""
         config = tuple(int(c) for c in config)
@@ -177,6 +153,37 @@ class SearchSpace:
     def encode(self, config: Config) -> list[float]:
         """Normalised widths in [0, 1] per gene, for searchers and plots."""
         return [g.choices[c] / g.base for g, c in zip(self.genes, self.validate(config))]
+
+
+@dataclass(frozen=True)
+class SearchSpace(GeneSpace):
+    """A network family as data. Build, count and sample from this description alone."""
+
+    name: str
+    in_channels: int
+    resolution: int
+    genes: tuple[Gene, ...]
+    layers: tuple[Layer, ...]
+    head: Classifier
+
+    def __post_init__(self) -> None:
+        _validate_space(self)
+
+    # -- widths -------------------------------------------------------------------------------
+    def channels(self, width: Width, config: Config) -> int:
+        """The channel count of `width` under `config`."""
+        if isinstance(width, int):
+            return width
+        gene = self.gene_index[width]
+        return self.genes[gene].choices[config[gene]]
+
+    def base_channels(self, width: Width) -> int:
+        """The full width of `width`, the size its generator produces."""
+        return width if isinstance(width, int) else self.genes[self.gene_index[width]].base
+
+    def scale(self, width: Width, config: Config) -> float:
+        """Channels over full width: the generators' input."""
+        return self.channels(width, config) / self.base_channels(width)
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
