@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 
 # shortcuts for the settings users change most; each is the same as --set KEY=VALUE
 SHORTCUTS = {
+    "--model": (
+        "space.model",
+        "your own network: path/to/file.py:build_fn or package.module:build_fn, a function returning an nn.Module "
+        "(given num_classes if it takes it); traced with torch.fx, replaces space.family (space.model)",
+    ),
+    "--weights": ("base.weights", "your trained network's state dict, torch.save(model.state_dict(), path); replaces train-base"),
     "--searcher": ("search.searcher", "evolution | tpe | nsga2 | random (search.searcher)"),
     "--executor": ("search.executor", "inprocess | ray: where candidates are scored (search.executor)"),
     "--workers": ("search.workers", "Ray actors scoring candidates with --executor ray (search.workers)"),

@@ -22,7 +22,7 @@ from metaprune.context import Context
 from metaprune.errors import UserError
 from metaprune.identity import finetune_path, pruningnet_config
 from metaprune.importance import crop
-from metaprune.pruningnet import PruningNet
+from metaprune.pruningnet import make_pruningnet
 from metaprune.run_dir import PRUNINGNET
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images
 from metaprune.studies import last_search, rank
@@ -66,9 +66,9 @@ def scorer_spec(ctx: Context) -> ScorerSpec:
     if whole == 0:
         raise UserError(f"score.calib_batch_size {cfg.calib_batch_size} exceeds the {len(calib)} calibration images; lower it")
     weights = load_trained_weights(require_pruningnet(ctx))
-    load_weights(PruningNet(ctx.space, pruningnet_config(ctx)), weights, ctx.dir / PRUNINGNET)  # a clear error if unfit
+    load_weights(make_pruningnet(ctx.space, pruningnet_config(ctx)), weights, ctx.dir / PRUNINGNET)  # a clear error if unfit
     return ScorerSpec(
-        space=ctx.space.to_dict(),
+        space=ss.space_payload(ctx.space),
         pruningnet=pruningnet_config(ctx),
         weights=weights,
         calibration=calib.images[:whole],
@@ -121,7 +121,7 @@ def start_model(ctx: Context, config: ss.Config) -> torch.nn.Module:
     if ctx.cfg.finetune.init == "filter":
         return crop(ctx.space, trained.ordered(ctx), config).to(ctx.device)
     torch.manual_seed(ctx.cfg.seed)
-    return ss.build_subnet(ctx.space, config).to(ctx.device)
+    return ss.fresh_subnet(ctx.space, config).to(ctx.device)
 
 
 def start_weights(ctx: Context, config: ss.Config, cache: dict[str, Any]) -> dict[str, torch.Tensor] | None:

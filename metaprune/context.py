@@ -46,32 +46,56 @@ class Pick:
 class Context:
     """One command's view of a run: config, store, device, data, space, FLOPs windows."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None, model: torch.nn.Module | None = None
+    ) -> None:
         validate(cfg)
         self.cfg, self.store, self.pick = cfg, RunDir(run_dir), pick or Pick()
+        self._ordered: tuple[tuple[str, str], ss.GraphSpace] | None = None
         self.dir = self.store.path
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.device = device(cfg.device)
         try:
-            ss.get_family(cfg.space.family)  # fail on a typo before decoding a large dataset
+            if model is None and not cfg.space.model:
+                ss.get_family(cfg.space.family)  # fail on a typo before decoding a large dataset
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.splits: Splits = load_dataset(cfg.data.kind, cfg.data.path, cfg.data.split_seed)
         channels, size = self.splits.train.shape
         try:
-            self.space = ss.create_space(
-                cfg.space.family, len(self.splits.train.classes), channels, size, cfg.space.width_mult, cfg.space.channel_multiple
-            )
-            self.full = ss.count(self.space, self.space.largest)
+            self.base_space = make_space(cfg, len(self.splits.train.classes), channels, size, model)
+            self.full = ss.count(self.base_space, self.base_space.largest)
+            if isinstance(self.base_space, ss.GraphSpace) and cfg.search.max_latency_ms > 0:
+                raise UserError(
+                    "search.max_latency_ms needs a registered family's per-layer latency table; search a --model network "
+                    "by FLOPs (search.max_flops) for now"
+                )
             self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops)
             self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops)
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
+    @property
+    def space(self) -> ss.SearchSpace | ss.GraphSpace:
+        """The space the PruningNet, the search and the subnets use. A traced module's keeps each
+        gene's most important channels first once a trained network exists (its weights stay put;
+        see `metaprune.graph_importance`); a registered family's trained network is permuted instead."""
+        if not isinstance(self.base_space, ss.GraphSpace):
+            return self.base_space
+        from metaprune import trained
+        from metaprune.graph_importance import ordered_space
+
+        if not trained.available(self):
+            return self.base_space
+        key = (trained.identity(self), self.cfg.pruningnet.ranking)
+        if self._ordered is None or self._ordered[0] != key:
+            self._ordered = (key, ordered_space(self.base_space, trained.model(self), self.cfg.pruningnet.ranking))
+        return self._ordered[1]
+
     def _window(self, low: float, high: float) -> tuple[float, float]:
         window = (resolve_flops(low, self.full.flops), resolve_flops(high, self.full.flops))
-        ss.check_window(self.space, *window)
+        ss.check_window(self.base_space, *window)
         return window
 
     @cached_property
@@ -111,6 +135,20 @@ class Context:
 
     def image_shape(self) -> tuple[int, int, int]:
         return (self.space.in_channels, self.space.resolution, self.space.resolution)
+
+
+def make_space(
+    cfg: RunConfig, num_classes: int, channels: int, size: int, model: torch.nn.Module | None = None
+) -> ss.SearchSpace | ss.GraphSpace:
+    """The run's space: a registered family, or the user's own network traced (`space.model`, or a
+    module handed to the Python entry point), for the data's classes, channels and image size."""
+    if model is not None or cfg.space.model:
+        from search_spaces.user import graph_space
+
+        recipe = {"model": model if model is not None else cfg.space.model}
+        return graph_space(recipe, num_classes, (channels, size, size), cfg.space.channel_multiple)
+    space = cfg.space
+    return ss.create_space(space.family, num_classes, channels, size, space.width_mult, space.channel_multiple)
 
 
 def device(name: str) -> torch.device:

@@ -29,7 +29,7 @@ def kept_channels(space: ss.SearchSpace, config: ss.Config, ranking: dict[str, t
 @torch.no_grad()
 def prune(
     space: ss.SearchSpace, model: nn.Module, config: ss.Config, ranking: dict[str, torch.Tensor] | None = None
-) -> ss.Network:
+) -> nn.Module:
     """The plain subnet of `config` holding the full network's weights of its kept channels
     (most important first).
 

@@ -57,11 +57,17 @@ class GeneratedConv(_Sliced):
         self.register_buffer("kept_in", torch.arange(conv.in_channels), persistent=False)
         self.register_buffer("kept_out", torch.arange(conv.out_channels), persistent=False)
         if warm:
-            with torch.no_grad():
-                self.generator.out.bias.copy_(conv.weight.flatten())
-                self.generator.out.weight.zero_()  # generated = trained for every width until it learns otherwise
-                if self.bias is not None:
-                    self.bias.copy_(conv.bias)  # type: ignore[arg-type]
+            self.warm(conv)
+
+    @torch.no_grad()
+    def warm(self, conv: nn.Module) -> None:
+        assert isinstance(conv, nn.Conv2d)
+        if tuple(conv.weight.shape) != self.generator.shape:
+            raise ValueError(f"a conv weight of shape {tuple(conv.weight.shape)} cannot start a {self.generator.shape} generator")
+        self.generator.out.bias.copy_(conv.weight.flatten())
+        self.generator.out.weight.zero_()  # generated = trained for every width until it learns otherwise
+        if self.bias is not None and conv.bias is not None:
+            self.bias.copy_(conv.bias)
 
     def activate(self, kept_in: torch.Tensor, kept_out: torch.Tensor) -> None:
         super().activate(kept_in, kept_out)
@@ -103,11 +109,18 @@ class GeneratedLinear(_Sliced):
         self.register_buffer("kept_in", torch.arange(linear.in_features), persistent=False)
         self.register_buffer("kept_out", torch.arange(linear.out_features), persistent=False)
         if warm:
-            with torch.no_grad():
-                self.generator.out.bias.copy_(linear.weight.flatten())
-                self.generator.out.weight.zero_()
-                if self.bias is not None:
-                    self.bias.copy_(linear.bias)
+            self.warm(linear)
+
+    @torch.no_grad()
+    def warm(self, linear: nn.Module) -> None:
+        assert isinstance(linear, nn.Linear)
+        if tuple(linear.weight.shape) != self.generator.shape:
+            shape = tuple(linear.weight.shape)
+            raise ValueError(f"a linear weight of shape {shape} cannot start a {self.generator.shape} generator")
+        self.generator.out.bias.copy_(linear.weight.flatten())
+        self.generator.out.weight.zero_()
+        if self.bias is not None and linear.bias is not None:
+            self.bias.copy_(linear.bias)
 
     def activate(self, kept_in: torch.Tensor, kept_out: torch.Tensor) -> None:
         super().activate(kept_in, kept_out)
@@ -169,7 +182,7 @@ class GatherLayer(_Sliced):
     def __init__(self, gather: KeptGather) -> None:
         super().__init__()
         self.full: torch.Tensor
-        self.register_buffer("full", gather.index.clone())
+        self.register_buffer("full", gather.index.clone(), persistent=False)
         self.register_buffer("index", gather.index.clone(), persistent=False)
 
     def activate(self, kept_in: torch.Tensor, kept_out: torch.Tensor) -> None:
@@ -222,6 +235,22 @@ class GraphPruningNet(nn.Module):
             assert isinstance(layer, _Sliced)
             layer.activate(keep[source], keep[out])
         return self.config
+
+    @torch.no_grad()
+    def warm_from(self, trained: nn.Module) -> None:
+        """Start every generator at `trained`'s weight and every BN at its statistics: a full network
+        of this space (the user's, trained), so each configuration generates it pruned."""
+        if not self.cfg.bn_affine:
+            raise ValueError("a warm-started PruningNet needs affine BatchNorms (bn_affine=True)")
+        sources = dict(trained.named_modules())
+        for path, _, _ in self.calls:
+            layer, source = self.net.get_submodule(path), sources.get(path)
+            if isinstance(layer, (GeneratedConv, GeneratedLinear)):
+                assert isinstance(source, (nn.Conv2d, nn.Linear)), path
+                layer.warm(source)
+            elif isinstance(layer, SlicedBatchNorm):
+                assert isinstance(source, nn.modules.batchnorm._BatchNorm), path
+                copy_bn(source, layer.norm, torch.arange(source.num_features))
 
     def forward(self, x: torch.Tensor, config: Config | None = None) -> torch.Tensor:
         if config is not None and tuple(config) != self.config:

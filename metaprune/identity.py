@@ -50,9 +50,12 @@ def _settings(ctx: Context) -> dict[str, Any]:
             full[item.name] = settings.without(section, full[item.name], settings.RUNTIME, settings.FILE)
     data = full["data"]
     data["path"] = str(Path(data["path"]).resolve()) if data["kind"] == "folder" and data["path"] else None
-    for section_name, key, unset in (("data", "mean", None), ("data", "std", None), ("space", "channel_multiple", 1)):
+    unset_keys = (("data", "mean", None), ("data", "std", None), ("space", "channel_multiple", 1), ("space", "model", ""))
+    for section_name, key, unset in unset_keys:
         if full[section_name].get(key, unset) == unset:
             full[section_name].pop(key, None)
+    if isinstance(ctx.base_space, ss.GraphSpace):  # the user's code, as traced: an edit to it is a new space
+        full["space"] = {"graph": ctx.base_space.digest(), "channel_multiple": ctx.cfg.space.channel_multiple}
     return full
 
 
@@ -121,7 +124,7 @@ def finetune_path(ctx: Context, winner: ss.Config) -> Path:
     return ctx.dir / FINETUNE / f"{digest(meta(ctx, FINETUNE, winner))}.pt"
 
 
-def assistant_config(space: ss.SearchSpace, width: float) -> ss.Config:
+def assistant_config(space: ss.GeneSpace, width: float) -> ss.Config:
     """The distillation assistant: every gene at the choice nearest to `width` x its full width."""
     return ss.uniform(space, width, rounding="nearest")
 

@@ -41,7 +41,7 @@ def conv_paths(space: ss.SearchSpace) -> Iterator[tuple[str, ss.ConvLayer]]:
                 yield f"layers.{layer.name}.shortcut", layer.shortcut
 
 
-def check_full_weights(space: ss.SearchSpace, weights: dict[str, torch.Tensor]) -> None:
+def check_full_weights(space: ss.GeneSpace, weights: dict[str, torch.Tensor]) -> None:
     """Raise ValueError naming the first tensor of `weights` that is not the space's full network's
     (a missing or extra name, or another shape), with the shape it should have."""
     with torch.device("meta"):
@@ -127,9 +127,14 @@ def order_channels(space: ss.SearchSpace, model: nn.Module, ranking: dict[str, t
 
 
 @torch.no_grad()
-def crop(space: ss.SearchSpace, model: nn.Module, config: ss.Config) -> ss.Network:
+def crop(space: ss.GeneSpace, model: nn.Module, config: ss.Config) -> nn.Module:
     """The plain subnet of `config` holding each prefix `W[:out, :in]` of a full network's weights:
-    on an `order_channels` network, its most important channels."""
+    on an `order_channels` network, its most important channels. A traced module's: the channels its
+    space's order keeps first (`metaprune.graph_importance`)."""
+    if isinstance(space, ss.GraphSpace):
+        assert isinstance(model, torch.fx.GraphModule), type(model)
+        return ss.build_graph_subnet(space, config, weights=model)
+    assert isinstance(space, ss.SearchSpace), type(space)
     full_modules(space, model)  # refuse any other network
     device = next(model.parameters()).device
     sources = model.state_dict()

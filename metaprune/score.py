@@ -15,9 +15,9 @@ from torch import nn
 
 from metaprune.accuracy import top1_percent
 from metaprune.data import ImageData, Normalizer
-from metaprune.pruningnet import PruningNet, PruningNetConfig
+from metaprune.pruningnet import AnyPruningNet, PruningNetConfig, make_pruningnet
 from metaprune.settings import runtime
-from search_spaces import Config, SearchSpace
+from search_spaces import Config, space_from_payload
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -73,7 +73,7 @@ def calibration_images(data: ImageData, count: int, seed: int) -> ImageData:
 class Scorer:
     """Scores configurations of one trained PruningNet on fixed calibration and validation data."""
 
-    def __init__(self, pruningnet: PruningNet, calibration: list[torch.Tensor], validation: list[Batch]) -> None:
+    def __init__(self, pruningnet: AnyPruningNet, calibration: list[torch.Tensor], validation: list[Batch]) -> None:
         self.pruningnet = pruningnet.eval()
         self.calibration = calibration
         self.validation = validation
@@ -97,7 +97,7 @@ class ScorerSpec:
     (a quarter of the float size) and are normalised where they are scored.
     """
 
-    space: dict[str, Any]  # SearchSpace.to_dict()
+    space: dict[str, Any]  # search_spaces.space_payload(space)
     pruningnet: PruningNetConfig
     weights: dict[str, torch.Tensor]  # the trained PruningNet's state dict (on the CPU)
     calibration: torch.Tensor  # uint8 N x C x H x W, already cut to whole calibration batches
@@ -113,7 +113,7 @@ class ScorerSpec:
 
 def build_scorer(spec: ScorerSpec, device: torch.device | str = "cpu") -> Scorer:
     """The scorer a spec describes, on `device`: the same scores wherever it is built."""
-    net = PruningNet(SearchSpace.from_dict(spec.space), spec.pruningnet)
+    net = make_pruningnet(space_from_payload(spec.space), spec.pruningnet)
     net.load_state_dict(spec.weights)
     net.to(device)
     size = spec.score.calib_batch_size

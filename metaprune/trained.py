@@ -27,7 +27,7 @@ def weights_file(run: Context) -> Path | None:
     return Path(run.cfg.base.weights).expanduser() if run.cfg.base.weights else None
 
 
-def load_weights_file(space: ss.SearchSpace, path: Path) -> dict[str, torch.Tensor]:
+def load_weights_file(space: ss.GeneSpace, path: Path) -> dict[str, torch.Tensor]:
     """The user's state dict, refused with one line naming what is wrong (nothing else is read)."""
     if not path.is_file():
         raise UserError(f"base.weights {path} does not exist; pass the path of your trained network's state dict")
@@ -48,7 +48,11 @@ def load_weights_file(space: ss.SearchSpace, path: Path) -> dict[str, torch.Tens
     except ValueError as exc:
         raise UserError(
             f"base.weights {path} is not the full {space.name!r} network of this run: {exc}; "
-            "lay it out as search_spaces.build_subnet(space, space.largest)"
+            + (
+                "save the state dict of the model space.model builds"
+                if isinstance(space, ss.GraphSpace)
+                else "lay it out as search_spaces.build_subnet(space, space.largest)"
+            )
         ) from None
     return weights
 
@@ -68,7 +72,7 @@ def state(run: Context) -> dict[str, torch.Tensor]:
     """The trained full network's weights (on the CPU)."""
     path = weights_file(run)
     if path is not None:
-        return load_weights_file(run.space, path)
+        return load_weights_file(run.base_space, path)
     if not base_finished(run):
         raise UserError(
             f"no trained full network in {run.dir}; set base.weights to your trained network's state dict, "
@@ -77,17 +81,21 @@ def state(run: Context) -> dict[str, torch.Tensor]:
     return load_trained_weights(run.dir / BASE)
 
 
-def model(run: Context) -> ss.Network:
+def model(run: Context) -> torch.nn.Module:
     """The trained full network on the run's device, in eval mode."""
-    network = ss.build_subnet(run.space, run.space.largest)
+    network = ss.build_subnet(run.base_space, run.base_space.largest)
     network.load_state_dict(state(run))
     return network.to(run.device).eval()
 
 
-def ordered(run: Context, network: torch.nn.Module | None = None) -> ss.Network:
-    """The trained full network with every gene's channels in `pruningnet.ranking` order."""
+def ordered(run: Context, network: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The trained full network with every gene's channels in `pruningnet.ranking` order (a traced
+    module's as it is: its space, `run.space`, holds the order)."""
     network = model(run) if network is None else network
-    return order_channels(run.space, network, channel_ranking(run.space, network, run.cfg.pruningnet.ranking))
+    space = run.space
+    if isinstance(space, ss.GraphSpace):
+        return network
+    return order_channels(space, network, channel_ranking(space, network, run.cfg.pruningnet.ranking))
 
 
 def identity(run: Context) -> str:
@@ -137,4 +145,4 @@ def read_weights(run: Context) -> None:
     """Check `base.weights` at start-up, before anything in the run directory is written."""
     path = weights_file(run)
     if path is not None:
-        load_weights_file(run.space, path)
+        load_weights_file(run.base_space, path)

@@ -27,7 +27,7 @@ from metaprune.io import atomic_write_json
 from metaprune.score import fixed_batches, top1
 from metaprune.train import OptimConfig, train
 from nas.stops import stop_point
-from search_spaces import Config, SearchSpace, build_subnet
+from search_spaces import Config, GeneSpace, fresh_subnet, space_from_payload
 
 METRIC = "val_top1"  # validation top-1 (%) after the reported epoch
 TIME_ATTR = "epoch"  # epochs trained so far: ASHA's clock
@@ -48,7 +48,7 @@ class TrialStart:
 class TuneSpec:
     """Everything a trial needs, as plain data: it travels through Ray's object store once."""
 
-    space: dict[str, Any]  # SearchSpace.to_dict()
+    space: dict[str, Any]  # search_spaces.space_payload(space)
     train: ImageData  # uint8 training split (augmented as in every other stage)
     validation: ImageData  # uint8 split scored after every epoch: ASHA's metric
     normalizer: Normalizer
@@ -97,7 +97,7 @@ def run_trial(
     with tempfile.TemporaryDirectory(prefix="metaprune-tune-") as work:
         history = _resume_into(Path(work))  # the weights then come from the checkpoint
         weights = None if history or initial[candidate.name] is None else ray.get(initial[candidate.name])
-        model = _initial_model(SearchSpace.from_dict(spec.space), candidate.config, weights, spec.seed).to(device)
+        model = _initial_model(space_from_payload(spec.space), candidate.config, weights, spec.seed).to(device)
         loss_fn = _distill_loss(spec, device)
         for epoch in range(len(history) + 1, spec.optim.epochs + 1):
             train(
@@ -112,9 +112,9 @@ def run_trial(
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
 
 
-def _initial_model(space: SearchSpace, config: Config, weights: dict[str, torch.Tensor] | None, seed: int) -> torch.nn.Module:
+def _initial_model(space: GeneSpace, config: Config, weights: dict[str, torch.Tensor] | None, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)  # scratch init as the pipeline's winner_model does it
-    model = build_subnet(space, config)
+    model = fresh_subnet(space, config)
     if weights is not None:
         model.load_state_dict(weights)
     return model

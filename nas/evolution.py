@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import search_spaces as ss
-from search_spaces import Config, SearchSpace
+from search_spaces import Config, GeneSpace
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Proposer:
     budget), with a bounded number of tries."""
 
     def __init__(
-        self, space: SearchSpace, rng: np.random.Generator, min_flops: float, max_flops: float,
+        self, space: GeneSpace, rng: np.random.Generator, min_flops: float, max_flops: float,
         feasible: Callable[[Config], bool] | None = None,
     ) -> None:  # fmt: skip
         self.space, self.rng = space, rng
@@ -64,7 +64,7 @@ class Proposer:
         return found
 
 
-def uniform_candidate(space: SearchSpace, rng: np.random.Generator, min_flops: float, max_flops: float) -> Config:
+def uniform_candidate(space: GeneSpace, rng: np.random.Generator, min_flops: float, max_flops: float) -> Config:
     """The widest uniformly scaled network under `max_flops`, grown into the window if below it.
 
     Random layer-wise configurations of a pruned trained network score far below its uniform
@@ -79,7 +79,7 @@ def uniform_candidate(space: SearchSpace, rng: np.random.Generator, min_flops: f
 
 
 def next_generation(
-    space: SearchSpace, proposer: Proposer, parents: list[Config], cfg: EvolutionConfig, random_config: Callable[[], Config]
+    space: GeneSpace, proposer: Proposer, parents: list[Config], cfg: EvolutionConfig, random_config: Callable[[], Config]
 ) -> list[Config]:
     """Mutants and crossovers of the parents, topped up with random candidates."""
     rng = proposer.rng

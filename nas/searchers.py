@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial
 import search_spaces as ss
 from nas.evolution import EvolutionConfig, Proposer, next_generation, uniform_candidate
 from nas.study import Candidate, Pending, StudyRecord, distributions
-from search_spaces import Config, SearchSpace
+from search_spaces import Config, GeneSpace
 
 SEARCHERS = ("evolution", "tpe", "nsga2", "random")
 Feasible = Callable[[Config], bool]
@@ -55,7 +55,7 @@ class _Replayed(Searcher):
     """Searchers with their own RNG: asks go through `record.ask_config`, which answers replays."""
 
     def __init__(
-        self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], feasible: Feasible | None = None
+        self, space: GeneSpace, cfg: EvolutionConfig, window: tuple[float, float], feasible: Feasible | None = None
     ) -> None:
         self.space, self.cfg, self.window = space, cfg, window
         self.rng = np.random.default_rng(cfg.seed)
@@ -81,7 +81,7 @@ class Evolution(_Replayed):
     """The paper's search: keep the best `population`, breed from the top `parents` each generation."""
 
     def __init__(
-        self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], feasible: Feasible | None = None
+        self, space: GeneSpace, cfg: EvolutionConfig, window: tuple[float, float], feasible: Feasible | None = None
     ) -> None:
         super().__init__(space, cfg, window, feasible)
         self.top: list[Candidate] = []
@@ -108,7 +108,7 @@ class RandomSearch(_Replayed):
     """Uniform random configurations inside the FLOPs window, `batch` per round."""
 
     def __init__(
-        self, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], total: int, batch: int,
+        self, space: GeneSpace, cfg: EvolutionConfig, window: tuple[float, float], total: int, batch: int,
         feasible: Feasible | None = None,
     ) -> None:  # fmt: skip
         super().__init__(space, cfg, window, feasible)
@@ -148,7 +148,7 @@ class OptunaSearch(Searcher):
     """TPE (maximise proxy top-1) or NSGA-II (maximise proxy top-1, minimise FLOPs), the FLOPs
     window expressed as Optuna constraints, so that infeasible trials are ranked by violation."""
 
-    def __init__(self, kind: str, space: SearchSpace, seed: int, total: int, batch: int, population: int) -> None:
+    def __init__(self, kind: str, space: GeneSpace, seed: int, total: int, batch: int, population: int) -> None:
         self.kind, self.seed, self.total, self.batch, self.population = kind, seed, total, batch, population
         self.genes = distributions(space)
         self.directions = [StudyDirection.MAXIMIZE] + ([StudyDirection.MINIMIZE] if kind == "nsga2" else [])
@@ -178,7 +178,7 @@ class OptunaSearch(Searcher):
 
 
 def make_searcher(
-    name: str, space: SearchSpace, cfg: EvolutionConfig, window: tuple[float, float], batch: int,
+    name: str, space: GeneSpace, cfg: EvolutionConfig, window: tuple[float, float], batch: int,
     feasible: Feasible | None = None,
 ) -> Searcher:  # fmt: skip
     """The searcher `name`; all propose population x generations trials in total.

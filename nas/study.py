@@ -27,7 +27,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.storage import Storage
-from search_spaces import Config, SearchSpace
+from search_spaces import Config, GeneSpace
 
 SCORED, REUSED, INFEASIBLE = "scored", "reused", "infeasible"
 
@@ -71,12 +71,12 @@ class Candidate:
         return data
 
 
-def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+def distributions(space: GeneSpace) -> dict[str, BaseDistribution]:
     """One integer parameter per gene: its choice index."""
     return {gene.name: IntDistribution(0, len(gene.choices) - 1) for gene in space.genes}
 
 
-def trial_config(space: SearchSpace, trial: FrozenTrial) -> Config:
+def trial_config(space: GeneSpace, trial: FrozenTrial) -> Config:
     return tuple(int(trial.params[gene.name]) for gene in space.genes)
 
 
@@ -94,7 +94,7 @@ def run_studies(storage: Storage, prefix: str, meta: dict[str, Any]) -> list[opt
     return studies
 
 
-def scored_candidates(storage: Storage, space: SearchSpace, prefix: str, meta: dict[str, Any]) -> Iterator[Candidate]:
+def scored_candidates(storage: Storage, space: GeneSpace, prefix: str, meta: dict[str, Any]) -> Iterator[Candidate]:
     """Candidates measured in every study of this run."""
     for study in run_studies(storage, prefix, meta):
         name = study.study_name
@@ -103,7 +103,7 @@ def scored_candidates(storage: Storage, space: SearchSpace, prefix: str, meta: d
                 yield candidate_of(space, trial, name)
 
 
-def candidate_of(space: SearchSpace, trial: FrozenTrial, study: str) -> Candidate:
+def candidate_of(space: GeneSpace, trial: FrozenTrial, study: str) -> Candidate:
     assert trial.values is not None
     return Candidate(
         trial.number, trial_config(space, trial), int(trial.user_attrs["flops"]), int(trial.user_attrs["params"]),
@@ -128,7 +128,7 @@ class StudyRecord:
     """One search's study, with the run's score cache; asks, tells and flushes trials."""
 
     def __init__(
-        self, storage: Storage, name: str, prefix: str, space: SearchSpace, meta: dict[str, Any],
+        self, storage: Storage, name: str, prefix: str, space: GeneSpace, meta: dict[str, Any],
         directions: list[StudyDirection], attrs: dict[str, Any], window: tuple[float, float],
         latency: Callable[[Config], float] | None = None, max_latency_ms: float = 0.0,
     ) -> None:  # fmt: skip
@@ -290,7 +290,7 @@ def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
     return front
 
 
-def load_candidates(storage: Storage, name: str, space: SearchSpace) -> list[Candidate]:
+def load_candidates(storage: Storage, name: str, space: GeneSpace) -> list[Candidate]:
     """The measured candidates of study `name` in trial order; empty when there is no such study."""
     if name not in storage.study_names():
         return []

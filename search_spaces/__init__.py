@@ -12,7 +12,10 @@ from search_spaces._build import (
     Network,
     architecture,
     build_subnet,
+    fresh_subnet,
     load_subnet,
+    space_from_payload,
+    space_payload,
     subnet_from_architecture,
 )
 from search_spaces._count import Cost, count, flops, params
@@ -60,6 +63,7 @@ __all__ = [
     "crossover",
     "default_scales",
     "flops",
+    "fresh_subnet",
     "from_module",
     "get_family",
     "list_spaces",
@@ -70,6 +74,8 @@ __all__ = [
     "repair",
     "sample",
     "sample_within",
+    "space_from_payload",
+    "space_payload",
     "subnet_from_architecture",
     "uniform",
     "uniform_within",

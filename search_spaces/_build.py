@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from search_spaces._space import Classifier, Config, ConvLayer, Layer, MaxPool, ResidualBlock, SearchSpace
+from search_spaces._space import Classifier, Config, ConvLayer, GeneSpace, Layer, MaxPool, ResidualBlock, SearchSpace
+from search_spaces.graph import GraphSpace, build_graph_subnet
 
 
 class LayerFactory(Protocol):
@@ -95,21 +96,75 @@ class PlainFactory:
         return nn.Linear(self.space.channels(spec.in_ch, self.config), spec.num_classes)
 
 
-def build_subnet(space: SearchSpace, config: Config) -> Network:
-    """The plain `nn.Module` of `config`: standard layers only, nothing of the PruningNet."""
+@overload
+def build_subnet(space: SearchSpace, config: Config) -> Network: ...
+@overload
+def build_subnet(space: GraphSpace, config: Config) -> fx.GraphModule: ...
+@overload
+def build_subnet(space: GeneSpace, config: Config) -> nn.Module: ...
+def build_subnet(space: GeneSpace, config: Config) -> nn.Module:
+    """The plain `nn.Module` of `config`: standard layers only, nothing of the PruningNet. For a
+    registered family its weights are freshly initialised; for a traced module they are the module's
+    own, sliced (`build_graph_subnet`)."""
+    if isinstance(space, GraphSpace):
+        return build_graph_subnet(space, config)
+    assert isinstance(space, SearchSpace), type(space)
     return Network(space, PlainFactory(space, config))
 
 
-def architecture(space: SearchSpace, config: Config, **extra: Any) -> dict[str, Any]:
-    """A JSON-able description that rebuilds the subnet with `subnet_from_architecture`."""
+def fresh_subnet(space: GeneSpace, config: Config) -> nn.Module:
+    """`build_subnet` with freshly initialised weights (a traced module's own are re-drawn too)."""
+    subnet = build_subnet(space, config)
+    if isinstance(space, GraphSpace):
+        for module in subnet.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and module is not subnet:
+                reset()
+    return subnet
+
+
+def architecture(space: GeneSpace, config: Config, **extra: Any) -> dict[str, Any]:
+    """A JSON-able description that rebuilds the subnet with `subnet_from_architecture` (a traced
+    module's names the module: `--model` must be importable where it is rebuilt)."""
+    if isinstance(space, GraphSpace):
+        recipe = dict(space.recipe)
+        if not isinstance(recipe.get("model"), str):
+            raise ValueError("this space was made from a module object; rebuild it with --model file.py:function to export it")
+        return {"format": GRAPH_FORMAT, "recipe": recipe, "config": space.describe(config), **extra}
+    assert isinstance(space, SearchSpace), type(space)
     return {"format": "metaprune-subnet/1", "space": space.to_dict(), "config": space.describe(config), **extra}
 
 
-def subnet_from_architecture(arch: dict[str, Any]) -> Network:
+GRAPH_FORMAT = "metaprune-graph-subnet/1"
+
+
+def subnet_from_architecture(arch: dict[str, Any]) -> nn.Module:
+    if arch.get("format") == GRAPH_FORMAT:
+        from search_spaces.user import from_recipe
+
+        graph = from_recipe(arch["recipe"])
+        return build_graph_subnet(graph, graph.from_channels(arch["config"]))
     if arch.get("format") != "metaprune-subnet/1":
         raise ValueError(f"unknown architecture format {arch.get('format')!r}; expected 'metaprune-subnet/1'")
     space = SearchSpace.from_dict(arch["space"])
     return build_subnet(space, space.from_channels(arch["config"]))
+
+
+def space_payload(space: GeneSpace) -> dict[str, Any]:
+    """What rebuilds `space` in another process (`space_from_payload`): a registered family's
+    description, or a traced module's recipe (fx graph modules do not pickle on this torch)."""
+    if isinstance(space, GraphSpace):
+        return {"graph": space.recipe}
+    assert isinstance(space, SearchSpace), type(space)
+    return space.to_dict()
+
+
+def space_from_payload(payload: dict[str, Any]) -> SearchSpace | GraphSpace:
+    if "graph" in payload:
+        from search_spaces.user import from_recipe
+
+        return from_recipe(payload["graph"])
+    return SearchSpace.from_dict(payload)
 
 
 def load_subnet(directory: str | Path) -> nn.Module:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 Width = Union[str, int]
 """A channel count: the name of a gene (searchable) or a fixed integer."""
@@ -204,7 +204,10 @@ class SearchSpace(GeneSpace):
         return json.dumps(self.to_dict())
 
 
-def with_channel_multiple(space: SearchSpace, multiple: int) -> SearchSpace:
+SpaceT = TypeVar("SpaceT", bound=GeneSpace)
+
+
+def with_channel_multiple(space: SpaceT, multiple: int) -> SpaceT:
     """The space with every gene's choices rounded to multiples of `multiple` (duplicates merge).
 
     Convolution kernels block channels (ONNX Runtime's NCHWc by 8 on AVX2 and 16 on AVX-512,
@@ -220,7 +223,7 @@ def with_channel_multiple(space: SearchSpace, multiple: int) -> SearchSpace:
     for gene in space.genes:
         rounded = {min(gene.base, multiple * max(1, int(c / multiple + 0.5))) for c in gene.choices}
         genes.append(Gene(gene.name, gene.base, tuple(sorted(rounded | {gene.base}))))
-    return dataclasses.replace(space, genes=tuple(genes))
+    return dataclasses.replace(space, genes=tuple(genes))  # type: ignore[type-var]
 
 
 def _conv_from_dict(data: dict[str, Any]) -> ConvLayer:

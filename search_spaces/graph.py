@@ -29,6 +29,8 @@ those positions: the full-width subnet is the user's network itself.
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import math
 import operator
 import warnings
@@ -75,12 +77,13 @@ WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)  # sliced by t
 
 
 class KeptGather(nn.Module):
-    """Output channel j is input channel `index[j]`: a split, a shuffle or a slice, on kept channels."""
+    """Output channel j is input channel `index[j]`: a split, a shuffle or a slice, on kept channels.
+    The index is not state (the configuration gives it), so the state dict is the user's."""
 
     def __init__(self, index: torch.Tensor) -> None:
         super().__init__()
         self.index: torch.Tensor
-        self.register_buffer("index", index.clone())
+        self.register_buffer("index", index.clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.index_select(1, self.index)
@@ -114,6 +117,23 @@ class GraphSpace(GeneSpace):
     frozen: dict[str, str] = field(default_factory=dict)  # "op at path" -> why, for every frozen group
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # node name -> full-width shape
     weighted: tuple[str, ...] = ()  # the tensors a conv, BN or linear reads or writes: never empty
+    recipe: dict[str, Any] = field(default_factory=dict)  # how to rebuild it elsewhere (`search_spaces.user`)
+
+    @property
+    def in_channels(self) -> int:
+        return self.example_shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.example_shape[-1]
+
+    def with_recipe(self, recipe: dict[str, Any]) -> GraphSpace:
+        return replace(self, recipe=recipe)
+
+    def digest(self) -> str:
+        """A digest of the traced code, the input shape and the genes (not the weights, not the order)."""
+        text = repr((self.module.code, self.example_shape[1:], [(g.name, g.base, g.choices) for g in self.genes]))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # -- which channels a configuration keeps ---------------------------------------------------
     def widths(self, config: Config) -> np.ndarray:
@@ -654,11 +674,12 @@ def source_of(node: fx.Node) -> str:
     return _tensors(node.args)[0].name
 
 
-def build_graph_subnet(space: GraphSpace, config: Config) -> fx.GraphModule:
+def build_graph_subnet(space: GraphSpace, config: Config, weights: fx.GraphModule | None = None) -> fx.GraphModule:
     """The plain module of `config`: the user's module with every conv, BN, linear and gather sliced
-    to the kept channels (standard layers only; the full configuration is the user's network)."""
+    to the kept channels (standard layers only; the full configuration is the user's network).
+    `weights`: another full network of this space (trained, importance-ordered) to slice instead."""
     keep = space.kept(config)
-    module = copy.deepcopy(space.module)
+    module: fx.GraphModule = copy.deepcopy(space.module if weights is None else weights)
     for node in module.graph.nodes:
         if node.op == "call_module":
             old = module.get_submodule(str(node.target))
@@ -675,7 +696,10 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 @torch.no_grad()
 def slice_module(module: nn.Module, kept_in: torch.Tensor, kept_out: torch.Tensor) -> nn.Module:
-    """`module` restricted to input positions `kept_in` and output positions `kept_out`."""
+    """`module` restricted to input positions `kept_in` and output positions `kept_out` (itself when
+    it keeps everything)."""
+    if _keeps_all(module, kept_in, kept_out):
+        return module
     if isinstance(module, nn.Conv2d):
         groups = len(kept_in) if _depthwise(module) else module.groups
         conv = nn.Conv2d(
@@ -689,16 +713,27 @@ def slice_module(module: nn.Module, kept_in: torch.Tensor, kept_out: torch.Tenso
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         new: nn.Module = type(module)(len(kept_in), module.eps, module.momentum, module.affine, module.track_running_stats)
         copy_bn(module, new, kept_in)
-        return new
+        return new.to(next(itertools.chain(module.buffers(), module.parameters())).device)
     if isinstance(module, nn.Linear):
         linear = nn.Linear(len(kept_in), len(kept_out), module.bias is not None)
         linear.weight.copy_(module.weight[kept_out][:, kept_in])
         if module.bias is not None:
             linear.bias.copy_(module.bias[kept_out])
         return linear.to(module.weight.device, module.weight.dtype)
+    assert isinstance(module, KeptGather), type(module)
+    return KeptGather(gather_index(module.index, kept_in, kept_out))
+
+
+def _keeps_all(module: nn.Module, kept_in: torch.Tensor, kept_out: torch.Tensor) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return len(kept_in) == module.in_channels and len(kept_out) == module.out_channels
+    if isinstance(module, nn.Linear):
+        return len(kept_in) == module.in_features and len(kept_out) == module.out_features
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return len(kept_in) == module.num_features
     if isinstance(module, KeptGather):
-        return KeptGather(gather_index(module.index, kept_in, kept_out))
-    return module
+        return len(kept_in) == len(kept_out) == len(module.index)
+    return True
 
 
 def _depthwise(conv: nn.Conv2d) -> bool:

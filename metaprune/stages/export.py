@@ -72,7 +72,12 @@ def _quantized(run: Context, chosen: Chosen) -> Path | None:
 
 
 def export_model(
-    model: torch.nn.Module, space: ss.SearchSpace, config: ss.Config, normalizer: Normalizer, classes: list[str], out: Path
+    model: torch.nn.Module,
+    space: ss.SearchSpace | ss.GraphSpace,
+    config: ss.Config,
+    normalizer: Normalizer,
+    classes: list[str],
+    out: Path,
 ) -> tuple[list[str], float]:
     """Save a plain subnet so that `search_spaces.load_subnet(out)` rebuilds it with equal outputs:
     the files, and the largest output difference of the rebuilt subnet."""

@@ -63,7 +63,7 @@ def _tune(ctx: Context, study: str, chosen: list[Candidate], found: teachers.Tea
     starts = [tune.TrialStart(f"trial-{c.trial}", c.config, start_weights(ctx, c.config, cache)) for c in chosen]
     data, cfg = ctx.prepared, ctx.cfg.finetune
     spec = tune.TuneSpec(
-        ctx.space.to_dict(), data.train, data.val, data.normalizer, cfg, ctx.cfg.data.flip, ctx.cfg.seed,
+        ss.space_payload(ctx.space), data.train, data.val, data.normalizer, cfg, ctx.cfg.data.flip, ctx.cfg.seed,
         tune.trial_device(ctx.cfg.device), ctx.cfg.score.eval_batch_size, amp=ctx.cfg.amp,  # the trial's GPU decides amp
     )  # fmt: skip
     if found is not None:  # each trial distills from the same teachers, shipped as torch.export programs

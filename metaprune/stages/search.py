@@ -21,6 +21,7 @@ from nas.search import SearchOutcome, drive_search
 from nas.searchers import make_searcher
 from nas.storage import redact
 from nas.study import Candidate, StudyRecord, pareto_front
+from search_spaces import SearchSpace
 
 
 def run(ctx: Context) -> SearchResult:
@@ -140,13 +141,12 @@ def check_ray_address(ctx: Context) -> None:
 
 def latency_table(ctx: Context) -> LatencyTable:
     """The per-layer latency table of this space on this machine (measured once, kept in the run dir)."""
-    cfg = ctx.cfg.latency
+    cfg, space = ctx.cfg.latency, ctx.space
+    assert isinstance(space, SearchSpace), "Context refuses a latency budget for a traced module"
     path = ctx.dir / table_file_name(cfg.batch, cfg.threads, ctx.device_kind)
     if path.exists():
-        return LatencyTable.load(path, ctx.space, cfg.batch, cfg.threads, device=ctx.device_kind)
-    table = build_latency_table(
-        ctx.space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress
-    )
+        return LatencyTable.load(path, space, cfg.batch, cfg.threads, device=ctx.device_kind)
+    table = build_latency_table(space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress)
     table.save(path)
     return table
 
@@ -154,7 +154,7 @@ def latency_table(ctx: Context) -> LatencyTable:
 def latency_report(ctx: Context, table: LatencyTable, best: Candidate, front: list[Candidate]) -> LatencyReport:
     """The budget, the winner's predicted latency, and the table checked against measured whole subnets."""
     checked = [c.config for c in front[:: max(1, len(front) // 5)]][:5]  # up to 5 points spread along the front
-    check = lut_accuracy(ctx.space, table, checked, runs=ctx.cfg.latency.runs, device=ctx.device_kind)
+    check = lut_accuracy(table.space, table, checked, runs=ctx.cfg.latency.runs, device=ctx.device_kind)
     return LatencyReport(
         max_latency_ms=ctx.cfg.search.max_latency_ms,
         batch=table.batch,

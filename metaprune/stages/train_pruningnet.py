@@ -11,7 +11,7 @@ from metaprune import trained
 from metaprune.context import Context
 from metaprune.distill import DistillLoss
 from metaprune.identity import meta, pruningnet_config, pruningnet_optim
-from metaprune.pruningnet import PruningNet, warm_start
+from metaprune.pruningnet import AnyPruningNet, make_pruningnet, warm_start
 from metaprune.results import PruningNetResult
 from metaprune.run_dir import PRUNINGNET
 from metaprune.train import Loss, step_seed, train
@@ -24,7 +24,7 @@ def run(ctx: Context) -> PruningNetResult:
     ctx.begin()
     cfg, data = pruningnet_optim(ctx), ctx.prepared
     torch.manual_seed(ctx.cfg.seed)  # the initial weights are part of what the seed fixes
-    net = PruningNet(ctx.space, pruningnet_config(ctx)).to(ctx.device)
+    net = make_pruningnet(ctx.space, pruningnet_config(ctx)).to(ctx.device)
     loss_fn = _warm_start(ctx, net) if warm else None
     low, high = ctx.pn_window
 
@@ -44,7 +44,7 @@ def run(ctx: Context) -> PruningNetResult:
     return summary
 
 
-def _warm_start(ctx: Context, net: PruningNet) -> Loss | None:
+def _warm_start(ctx: Context, net: AnyPruningNet) -> Loss | None:
     """Generators start at the ordered trained weights; the trained network teaches every width (if distilling)."""
     teacher = trained.model(ctx)
     warm_start(net, trained.ordered(ctx, teacher))
