@@ -70,7 +70,9 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _check_data(data: DataConfig) -> None:
-    _require(data.kind in ("digits", "folder", "synthetic"), "data.kind", data.kind, "digits, folder or synthetic")
+    _require(
+        data.kind in ("digits", "folder", "synthetic", "tensors"), "data.kind", data.kind, "digits, folder or synthetic"
+    )  # tensors: the data handed to metaprune.prune
     _require(data.val_size >= 1, "data.val_size", data.val_size, ">= 1")
     _require(data.train_subset >= 0, "data.train_subset", data.train_subset, ">= 0 (0 = all)")
     for key in ("mean", "std"):

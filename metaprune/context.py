@@ -47,7 +47,12 @@ class Context:
     """One command's view of a run: config, store, device, data, space, FLOPs windows."""
 
     def __init__(
-        self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None, model: torch.nn.Module | None = None
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        pick: Pick | None = None,
+        model: torch.nn.Module | None = None,
+        splits: Splits | None = None,
     ) -> None:
         validate(cfg)
         self.cfg, self.store, self.pick = cfg, RunDir(run_dir), pick or Pick()
@@ -61,7 +66,7 @@ class Context:
                 ss.get_family(cfg.space.family)  # fail on a typo before decoding a large dataset
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self.splits: Splits = load_dataset(cfg.data.kind, cfg.data.path, cfg.data.split_seed)
+        self.splits: Splits = load_dataset(cfg.data.kind, cfg.data.path, cfg.data.split_seed) if splits is None else splits
         channels, size = self.splits.train.shape
         try:
             self.base_space = make_space(cfg, len(self.splits.train.classes), channels, size, model)

@@ -161,6 +161,8 @@ def load_dataset(kind: str, path: str | None = None, seed: int = 0) -> Splits:
         root = Path(path).resolve()
         stamp = tuple((root / part).stat().st_mtime_ns if (root / part).is_dir() else 0 for part in ("train", "test"))
         return _load_folder_once(root, stamp)
+    if kind == "tensors":
+        raise UserError("data.kind=tensors is the data handed to metaprune.prune(...); on the command line use digits or folder")
     raise UserError(f"unknown data.kind {kind!r}; choose digits, folder or synthetic")
 
 

@@ -14,11 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import search_spaces as ss
 from metaprune import choice, identity, studies, trained
 from metaprune.choice import Chosen
 from metaprune.config import RunConfig
 from metaprune.context import Context, Pick
+from metaprune.data import Splits
 from metaprune.errors import UserError
 from metaprune.results import Result, to_json
 from metaprune.run_dir import BASE, FINETUNE, PRUNINGNET, RECORD
@@ -64,8 +67,15 @@ def check_artifacts(ctx: Context) -> None:
 class Run(Context):
     """One run directory. Construct it (validates everything), then call `stage(name)` or `pipeline()`."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, pick: Pick | None = None) -> None:
-        super().__init__(cfg, run_dir, pick)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        pick: Pick | None = None,
+        model: torch.nn.Module | None = None,
+        splits: Splits | None = None,
+    ) -> None:
+        super().__init__(cfg, run_dir, pick, model, splits)
         trained.check_normalisation(self, self.splits.train.shape[0])
         trained.read_weights(self)  # a wrong base.weights file is refused before anything is written
         for section in ("pruningnet", "finetune"):

@@ -130,7 +130,8 @@ def architecture(space: GeneSpace, config: Config, **extra: Any) -> dict[str, An
         recipe = dict(space.recipe)
         if not isinstance(recipe.get("model"), str):
             raise ValueError("this space was made from a module object; rebuild it with --model file.py:function to export it")
-        return {"format": GRAPH_FORMAT, "recipe": recipe, "config": space.describe(config), **extra}
+        order = [gene.tolist() for gene in space.order]  # which channels each gene keeps first
+        return {"format": GRAPH_FORMAT, "recipe": recipe, "order": order, "config": space.describe(config), **extra}
     assert isinstance(space, SearchSpace), type(space)
     return {"format": "metaprune-subnet/1", "space": space.to_dict(), "config": space.describe(config), **extra}
 
@@ -142,7 +143,7 @@ def subnet_from_architecture(arch: dict[str, Any]) -> nn.Module:
     if arch.get("format") == GRAPH_FORMAT:
         from search_spaces.user import from_recipe
 
-        graph = from_recipe(arch["recipe"])
+        graph = from_recipe(arch["recipe"], arch.get("order"))
         return build_graph_subnet(graph, graph.from_channels(arch["config"]))
     if arch.get("format") != "metaprune-subnet/1":
         raise ValueError(f"unknown architecture format {arch.get('format')!r}; expected 'metaprune-subnet/1'")
@@ -154,7 +155,7 @@ def space_payload(space: GeneSpace) -> dict[str, Any]:
     """What rebuilds `space` in another process (`space_from_payload`): a registered family's
     description, or a traced module's recipe (fx graph modules do not pickle on this torch)."""
     if isinstance(space, GraphSpace):
-        return {"graph": space.recipe}
+        return {"graph": space.recipe, "order": [gene.tolist() for gene in space.order]}
     assert isinstance(space, SearchSpace), type(space)
     return space.to_dict()
 
@@ -163,7 +164,7 @@ def space_from_payload(payload: dict[str, Any]) -> SearchSpace | GraphSpace:
     if "graph" in payload:
         from search_spaces.user import from_recipe
 
-        return from_recipe(payload["graph"])
+        return from_recipe(payload["graph"], payload.get("order"))
     return SearchSpace.from_dict(payload)
 
 

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -107,5 +108,7 @@ def _spec_name(spec: str) -> str:
     return f"{Path(where).stem if where.endswith('.py') else where}:{name}"
 
 
-def from_recipe(recipe: dict[str, Any]) -> GraphSpace:
-    return graph_space(recipe, recipe["num_classes"], tuple(recipe["input_shape"]), recipe["channel_multiple"], quiet=True)
+def from_recipe(recipe: dict[str, Any], order: list[list[int]] | None = None) -> GraphSpace:
+    """The space `recipe` describes, keeping each gene's channels in `order` (an importance order)."""
+    space = graph_space(recipe, recipe["num_classes"], tuple(recipe["input_shape"]), recipe["channel_multiple"], quiet=True)
+    return space if order is None else space.with_order(tuple(np.asarray(gene, dtype=np.int64) for gene in order))

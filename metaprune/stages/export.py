@@ -83,11 +83,18 @@ def export_model(
     the files, and the largest output difference of the rebuilt subnet."""
     inputs = {"channels": space.in_channels, "size": space.resolution, "mean": normalizer.mean, "std": normalizer.std}
     cost = ss.count(space, config)
-    arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
     atomic_torch_save(out / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    atomic_write_json(out / "architecture.json", arch)
-    reloaded = ss.load_subnet(out)
+    files = [str(out / "weights.pt")]
+    if isinstance(space, ss.GraphSpace) and not isinstance(space.recipe.get("model"), str):
+        # a module handed to metaprune.prune: no code to name, so the check reloads into this process's space
+        reloaded: torch.nn.Module = ss.build_graph_subnet(space, config)
+        reloaded.load_state_dict(torch.load(out / "weights.pt", map_location="cpu", weights_only=True))
+    else:
+        arch = ss.architecture(space, config, input=inputs, classes=classes, flops=cost.flops, params=cost.params)
+        atomic_write_json(out / "architecture.json", arch)
+        files.insert(0, str(out / "architecture.json"))
+        reloaded = ss.load_subnet(out)
     x = torch.randn(4, space.in_channels, space.resolution, space.resolution, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = float((reloaded(x) - model.cpu().eval()(x)).abs().max())
-    return [str(out / "architecture.json"), str(out / "weights.pt")], diff
+    return files, diff
