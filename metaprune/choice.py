@@ -20,9 +20,9 @@ import search_spaces as ss
 from metaprune import trained
 from metaprune.context import Context
 from metaprune.errors import UserError
+from metaprune.hypernet import make_pruningnet
 from metaprune.identity import finetune_path, pruningnet_config
 from metaprune.importance import crop
-from metaprune.pruningnet import make_pruningnet
 from metaprune.run_dir import PRUNINGNET
 from metaprune.score import Scorer, ScorerSpec, build_scorer, calibration_images
 from metaprune.studies import last_search, rank

@@ -56,7 +56,6 @@ class Context:
     ) -> None:
         validate(cfg)
         self.cfg, self.store, self.pick = cfg, RunDir(run_dir), pick or Pick()
-        self._ordered: tuple[tuple[str, str], ss.GraphSpace] | None = None
         self.dir = self.store.path
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -86,17 +85,12 @@ class Context:
         """The space the PruningNet, the search and the subnets use. A traced module's keeps each
         gene's most important channels first once a trained network exists (its weights stay put;
         see `metaprune.graph_importance`); a registered family's trained network is permuted instead."""
-        if not isinstance(self.base_space, ss.GraphSpace):
-            return self.base_space
-        from metaprune import trained
-        from metaprune.graph_importance import ordered_space
+        return self.base_space if not isinstance(self.base_space, ss.GraphSpace) else self.ordered(self.base_space)
 
-        if not trained.available(self):
-            return self.base_space
-        key = (trained.identity(self), self.cfg.pruningnet.ranking)
-        if self._ordered is None or self._ordered[0] != key:
-            self._ordered = (key, ordered_space(self.base_space, trained.model(self), self.cfg.pruningnet.ranking))
-        return self._ordered[1]
+    def ordered(self, space: ss.GraphSpace) -> ss.GraphSpace:
+        """`space` in the trained network's importance order (`metaprune.pipeline.Run` knows the
+        trained network; a bare Context has none)."""
+        return space
 
     def _window(self, low: float, high: float) -> tuple[float, float]:
         window = (resolve_flops(low, self.full.flops), resolve_flops(high, self.full.flops))

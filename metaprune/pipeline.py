@@ -23,6 +23,7 @@ from metaprune.config import RunConfig
 from metaprune.context import Context, Pick
 from metaprune.data import Splits
 from metaprune.errors import UserError
+from metaprune.graph_importance import ordered_space
 from metaprune.results import Result, to_json
 from metaprune.run_dir import BASE, FINETUNE, PRUNINGNET, RECORD
 from metaprune.score import Scorer, ScorerSpec
@@ -75,6 +76,7 @@ class Run(Context):
         model: torch.nn.Module | None = None,
         splits: Splits | None = None,
     ) -> None:
+        self._ordered: tuple[tuple[str, str], ss.GraphSpace] | None = None
         super().__init__(cfg, run_dir, pick, model, splits)
         trained.check_normalisation(self, self.splits.train.shape[0])
         trained.read_weights(self)  # a wrong base.weights file is refused before anything is written
@@ -83,6 +85,15 @@ class Run(Context):
             if batch > len(self.prepared.train):
                 raise UserError(f"{section}.batch_size {batch} exceeds the {len(self.prepared.train)} training images; lower it")
         check_artifacts(self)
+
+    def ordered(self, space: ss.GraphSpace) -> ss.GraphSpace:
+        """Once a trained network exists, each gene keeps its most important channels first."""
+        if not trained.available(self):
+            return space
+        key = (trained.identity(self), self.cfg.pruningnet.ranking)
+        if self._ordered is None or self._ordered[0] != key:
+            self._ordered = (key, ordered_space(space, trained.model(self), self.cfg.pruningnet.ranking))
+        return self._ordered[1]
 
     def stage(self, name: str) -> dict[str, Any]:
         """Run one stage (or the pipeline); its result as JSON, as summary.json has it."""

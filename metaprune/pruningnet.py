@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import Classifier, Config, ConvLayer, GeneSpace, GraphSpace, Network, SearchSpace, Width, build_subnet
+from search_spaces import Classifier, Config, ConvLayer, Network, SearchSpace, Width, build_subnet
 
 
 @dataclass
@@ -194,29 +193,10 @@ class PruningNet(nn.Module):
         return subnet
 
 
-if TYPE_CHECKING:
-    from metaprune.graph_pruningnet import GraphPruningNet
-
-AnyPruningNet = Union["PruningNet", "GraphPruningNet"]
-
-
-def make_pruningnet(space: GeneSpace, cfg: PruningNetConfig | None = None) -> AnyPruningNet:
-    """The PruningNet of a registered family, or of a traced module (`metaprune.graph_pruningnet`)."""
-    if isinstance(space, GraphSpace):
-        from metaprune.graph_pruningnet import GraphPruningNet
-
-        return GraphPruningNet(space, cfg)
-    assert isinstance(space, SearchSpace), type(space)
-    return PruningNet(space, cfg)
-
-
 @torch.no_grad()
-def warm_start(net: AnyPruningNet, ordered: nn.Module) -> None:
+def warm_start(net: PruningNet, ordered: nn.Module) -> None:
     """Start `net` from `ordered`, the space's full network with its channels in importance order
-    (`metaprune.importance.order_channels`; a traced module's space holds the order itself)."""
-    if not isinstance(net, PruningNet):
-        net.warm_from(ordered)
-        return
+    (`metaprune.importance.order_channels`)."""
     if not net.cfg.bn_affine:
         raise ValueError("a warm-started PruningNet needs affine per-choice BatchNorms (bn_affine=True)")
     from metaprune.importance import check_full_weights

@@ -15,7 +15,8 @@ from torch import nn
 
 from metaprune.accuracy import top1_percent
 from metaprune.data import ImageData, Normalizer
-from metaprune.pruningnet import AnyPruningNet, PruningNetConfig, make_pruningnet
+from metaprune.hypernet import AnyPruningNet, make_pruningnet
+from metaprune.pruningnet import PruningNetConfig
 from metaprune.settings import runtime
 from search_spaces import Config, space_from_payload
 

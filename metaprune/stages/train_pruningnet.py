@@ -10,8 +10,8 @@ import search_spaces as ss
 from metaprune import trained
 from metaprune.context import Context
 from metaprune.distill import DistillLoss
+from metaprune.hypernet import AnyPruningNet, make_pruningnet, warm_start
 from metaprune.identity import meta, pruningnet_config, pruningnet_optim
-from metaprune.pruningnet import AnyPruningNet, make_pruningnet, warm_start
 from metaprune.results import PruningNetResult
 from metaprune.run_dir import PRUNINGNET
 from metaprune.train import Loss, step_seed, train
