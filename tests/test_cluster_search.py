@@ -29,6 +29,7 @@ def reference(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run_dir
 
 
+@pytest.mark.timeout(600)  # as the node-loss test: run first, its fixtures (cluster, reference search) count too
 def test_cli_search_on_a_two_node_cluster_matches_in_process(
     trained_run: Path,
     reference: Path,
