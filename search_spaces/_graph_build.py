@@ -154,32 +154,30 @@ def count_graph(space: GraphSpace, config: Config) -> tuple[int, int]:
     flops = params = 0
     seen: set[str] = set()
     for term in _terms(space):
-        if term.module in seen:
-            params -= _params_of(term, channels)
+        if term.module not in seen:  # a module called twice has its params counted once, as thop does
+            params += _params_of(term, channels)
         seen.add(term.module)
-        if term.kind == "constant":
-            flops, params = flops + term.constant[0], params + term.constant[1]
-            continue
-        cin, cout = channels(term.source), channels(term.node)
-        if term.kind == "conv":
-            per_group = 1 if term.depthwise else cin // term.groups
-            flops += cout * term.per_out * per_group * term.kernel
-            params += cout * per_group * term.kernel + (cout if term.bias else 0)
-        elif term.kind == "linear":
-            flops += cin * cout * term.per_out
-            params += cin * cout + (cout if term.bias else 0)
-        elif term.kind == "bn":
-            flops += 2 * cin * term.per_in * (2 if term.affine else 1)
-            params += 2 * cin if term.affine else 0
-        elif term.kind == "adaptive_avg":
-            flops += int((term.per_in / term.per_out + 1) * cout * term.per_out)
-        elif term.kind == "avg":
-            flops += cout * term.per_out
+        flops += _flops_of(term, channels)
     return flops, params
 
 
+def _flops_of(term: _Term, channels: Callable[[str], int]) -> int:
+    if term.kind == "constant":
+        return term.constant[0]
+    cin, cout = channels(term.source), channels(term.node)
+    if term.kind == "conv":
+        return cout * term.per_out * (1 if term.depthwise else cin // term.groups) * term.kernel
+    if term.kind == "linear":
+        return cin * cout * term.per_out
+    if term.kind == "bn":
+        return 2 * cin * term.per_in * (2 if term.affine else 1)
+    if term.kind == "adaptive_avg":
+        return int((term.per_in / term.per_out + 1) * cout * term.per_out)
+    return cout * term.per_out if term.kind == "avg" else 0
+
+
 def _params_of(term: _Term, channels: Callable[[str], int]) -> int:
-    """The params `count_graph` adds for `term` (taken back for a module's second call)."""
+    """The params of `term`'s module, as thop counts them."""
     if term.kind == "constant":
         return term.constant[1]
     cin, cout = channels(term.source), channels(term.node)
