@@ -32,7 +32,8 @@ configuration:
   file of the same keys; --set KEY=VALUE (repeatable) overrides one key, for example
     --set search.max_flops=0.3        budget: 30% of the full model's FLOPs (values > 1 are absolute FLOPs)
     --set data.kind=folder --set data.path=../shared/data/cifar10 --set data.flip=true
-    --set space.family=mobilenet_v2   resnet20, resnet56, resnet50, mobilenet_v1, mobilenet_v2
+    --set space.family=mobilenet_v2   resnet20, resnet56, resnet50, mobilenet_v1, mobilenet_v2, and the
+                                      traced nin, vgg11, vgg16, inception, squeezenet, shufflenet_v2, mobilenet_v3
     --set pruningnet.epochs=5         PruningNet training length
   The resolved config is saved as RUN_DIR/config.yaml. Running the same command again resumes
   from where it stopped: finished work is never redone.

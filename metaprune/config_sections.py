@@ -35,7 +35,7 @@ class DataConfig:
 
 @dataclass
 class SpaceConfig:
-    family: str = "resnet20"  # a registered family: resnet20, resnet56, resnet50, mobilenet_v1, mobilenet_v2
+    family: str = "resnet20"  # resnet20/56/50, mobilenet_v1/v2, nin, vgg11/16, inception, squeezenet, shufflenet_v2, mobilenet_v3
     model: str = ""  # your own network instead: path/to/file.py:build_fn or package.module:build_fn (returns an nn.Module)
     width_mult: float = 1.0  # scales every base width (the largest network of the space)
     channel_multiple: int = 8  # every gene's widths are multiples of this (1: the paper's grid); 8 runs faster, see README

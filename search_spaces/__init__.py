@@ -20,7 +20,7 @@ from search_spaces._build import (
 )
 from search_spaces._count import Cost, count, flops, params
 from search_spaces._ops import check_window, crossover, mutate, repair, sample, sample_within, uniform, uniform_within
-from search_spaces._registry import Family, create_space, get_family, list_spaces, register_space
+from search_spaces._registry import Family, create_space, get_family, list_spaces, register_module, register_space
 from search_spaces._space import (
     Classifier,
     Config,
@@ -70,6 +70,7 @@ __all__ = [
     "load_subnet",
     "mutate",
     "params",
+    "register_module",
     "register_space",
     "repair",
     "sample",

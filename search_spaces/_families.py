@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from search_spaces._registry import register_space
+from search_spaces import zoo
+from search_spaces._registry import register_module, register_space
 from search_spaces._space import Classifier, ConvLayer, Gene, Layer, MaxPool, ResidualBlock, SearchSpace, Width
 
 
@@ -142,3 +143,16 @@ def mobilenet_v2(num_classes: int, in_channels: int, resolution: int, width_mult
     return SearchSpace(
         "mobilenet_v2", in_channels, resolution, tuple(genes), tuple(layers), Classifier("fc", "last", num_classes)
     )
+
+
+# The field's lightweight blocks: plain modules (`search_spaces.zoo`), traced per data shape.
+for _name, _builder in (
+    ("nin", zoo.nin),
+    ("vgg11", zoo.vgg11),
+    ("vgg16", zoo.vgg16),
+    ("inception", zoo.inception),
+    ("squeezenet", zoo.squeezenet),
+    ("shufflenet_v2", zoo.shufflenetv2),
+    ("mobilenet_v3", zoo.mobilenetv3),
+):
+    register_module(_name, _builder, resolutions=(32, 224))

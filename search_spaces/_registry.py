@@ -1,10 +1,12 @@
-"""Registry of network families: a name maps to a function that returns a `SearchSpace`."""
+"""Registry of network families: a name maps to a function that returns a `SearchSpace` (a chain
+description), or to a plain `nn.Module` builder that `from_module` traces (a graph family)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from search_spaces._graph_space import GraphSpace
 from search_spaces._space import SearchSpace, with_channel_multiple
 
 SpaceFactory = Callable[..., SearchSpace]
@@ -13,9 +15,10 @@ SpaceFactory = Callable[..., SearchSpace]
 @dataclass(frozen=True)
 class Family:
     name: str
-    factory: SpaceFactory  # (num_classes, in_channels, resolution, width_mult) -> SearchSpace
+    factory: SpaceFactory | None  # None for a graph family; (num_classes, in_channels, resolution, width_mult) -> SearchSpace
     resolutions: tuple[int, ...]  # input sizes it is designed for (its stems); tests build each
     doc: str
+    module: str = ""  # a graph family: "package.module:builder" of its nn.Module, traced per data shape
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -33,8 +36,21 @@ def register_space(name: str, resolutions: tuple[int, ...] = (32,)) -> Callable[
     return wrap
 
 
-def list_spaces() -> list[str]:
-    return sorted(_FAMILIES)
+def register_module(name: str, builder: Callable[..., object], resolutions: tuple[int, ...] = (32, 224)) -> None:
+    """Register a graph family: `builder(num_classes, in_channels, resolution, width_mult)` returns
+    a plain `nn.Module`, traced by `from_module` (importable by name: Ray workers rebuild it)."""
+    if name in _FAMILIES:
+        raise ValueError(f"search space {name!r} is registered twice")
+    doc = (builder.__doc__ or "").strip().split("\n")[0]
+    spec = f"{builder.__module__}:{getattr(builder, '__name__', '')}"
+    _FAMILIES[name] = Family(name, None, resolutions, doc, module=spec)
+
+
+def list_spaces(kind: str = "all") -> list[str]:
+    """The registered families' names: all, or only the chain (`SearchSpace`) or graph ones."""
+    if kind == "all":
+        return sorted(_FAMILIES)
+    return sorted(name for name, family in _FAMILIES.items() if bool(family.module) == (kind == "graph"))
 
 
 def get_family(name: str) -> Family:
@@ -50,12 +66,21 @@ def create_space(
     resolution: int | None = None,
     width_mult: float = 1.0,
     channel_multiple: int = 1,
-) -> SearchSpace:
+) -> SearchSpace | GraphSpace:
     """Instantiate a registered family for the data at hand (classes, channels, image size), every
     gene's widths rounded to multiples of `channel_multiple` (1: the paper's grid)."""
     family = get_family(name)
     if width_mult <= 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult}")
     size = family.resolutions[0] if resolution is None else resolution
+    if family.factory is None:  # traced here; the recipe rebuilds the same space anywhere
+        from search_spaces.user import graph_space
+
+        recipe = {
+            "model": family.module,
+            "name": name,
+            "kwargs": {"in_channels": in_channels, "resolution": size, "width_mult": width_mult},
+        }
+        return graph_space(recipe, num_classes, (in_channels, size, size), channel_multiple)
     space = family.factory(num_classes=num_classes, in_channels=in_channels, resolution=size, width_mult=width_mult)
     return with_channel_multiple(space, channel_multiple)

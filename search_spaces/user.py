@@ -24,8 +24,9 @@ from search_spaces._space import with_channel_multiple
 from search_spaces.graph import GraphSpace, from_module
 
 
-def load_model(spec: str, num_classes: int | None = None) -> nn.Module:
-    """Import and call the build function `spec` names; ValueError (one line) on any mistake."""
+def load_model(spec: str, num_classes: int | None = None, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Import and call the build function `spec` names (with `kwargs`, a registered family's data
+    shape and width); ValueError (one line) on any mistake."""
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name.isidentifier():
         raise ValueError(f"model {spec!r} is not path/to/file.py:function or package.module:function")
@@ -38,7 +39,10 @@ def load_model(spec: str, num_classes: int | None = None) -> nn.Module:
     except (TypeError, ValueError):
         takes_classes = False
     try:
-        model = build(num_classes=num_classes) if takes_classes and num_classes is not None else build()
+        given = dict(kwargs or {})
+        if takes_classes and num_classes is not None:
+            given["num_classes"] = num_classes
+        model = build(**given)
     except Exception as exc:
         raise ValueError(f"model {spec!r}: {name}() raised {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
@@ -85,13 +89,19 @@ def graph_space(
     given = recipe["model"]
     if isinstance(given, str):
         given = absolute_spec(given)
-    model = load_model(given, num_classes) if isinstance(given, str) else given
-    name = _spec_name(given) if isinstance(given, str) else type(given).__name__
+    model = load_model(given, num_classes, recipe.get("kwargs")) if isinstance(given, str) else given
+    name = recipe.get("name") or (_spec_name(given) if isinstance(given, str) else type(given).__name__)
     with warnings.catch_warnings():
         if quiet:  # a rebuild elsewhere: the first build warned already
             warnings.simplefilter("ignore", UserWarning)
         space = from_module(model.eval(), torch.zeros(1, *input_shape), name=name)
-    full = {"model": given, "num_classes": num_classes, "input_shape": list(input_shape), "channel_multiple": channel_multiple}
+    full = {
+        **recipe,
+        "model": given,
+        "num_classes": num_classes,
+        "input_shape": list(input_shape),
+        "channel_multiple": channel_multiple,
+    }
     return with_channel_multiple(space, channel_multiple).with_recipe(full)
 
 

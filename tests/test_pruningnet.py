@@ -10,7 +10,7 @@ import search_spaces as ss
 from metaprune.pruningnet import PruningNet, PruningNetConfig
 from metaprune.score import recalibrate_bn
 
-CASES = [(name, size) for name in ss.list_spaces() for size in ss.get_family(name).resolutions]
+CASES = [(name, size) for name in ss.list_spaces("chain") for size in ss.get_family(name).resolutions]
 # Full-size generators of the ImageNet networks need gigabytes (32x every weight); the generic code
 # path is the same at a quarter width and 64x64 inputs, which keeps the suite within minutes on CPU.
 SMALL = {"resnet50": 0.25, "mobilenet_v1": 0.25, "mobilenet_v2": 0.25}

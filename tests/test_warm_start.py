@@ -13,7 +13,7 @@ from metaprune.importance import RANKINGS, channel_ranking, crop, order_channels
 from metaprune.pruningnet import PruningNet, PruningNetConfig, warm_start
 from tests.test_filter_prune import _trained_like as trained_like  # random weights, non-trivial BN
 
-FAMILIES = ss.list_spaces()
+FAMILIES = ss.list_spaces("chain")
 SMALL = {"resnet50": 0.125, "mobilenet_v2": 0.25, "mobilenet_v1": 0.25}  # every family at a size that runs in a second
 
 
