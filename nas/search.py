@@ -49,13 +49,13 @@ def drive_search(searcher: Searcher, record: StudyRecord, executor: Executor, to
             results[index] = record.tell_scored(round_[index], scored.proxy_top1, scored.node)
             stop_point("recorded")  # a test's chosen moment to kill or hold the driver
             scored_now += 1
-            bar.update(1)
+            _advance(bar, 1)
             waited = time.perf_counter()
         scoring += scoring_round
         for index, first in repeats:  # the same configuration twice in one round: scored once
             round_[index].known = results[first]
             results[index] = record.tell_known(round_[index])
-        bar.update(len(round_) - len(tasks))
+        _advance(bar, len(round_) - len(tasks))
         best = max((c.proxy_top1 for c in results.values() if c is not None), default=None)
         if best is not None:
             bar.set_postfix(best=f"{best:.2f}")
@@ -66,6 +66,14 @@ def drive_search(searcher: Searcher, record: StudyRecord, executor: Executor, to
     driver = time.perf_counter() - began - scoring
     candidates = sorted(record.candidates(), key=lambda c: c.trial)
     return SearchOutcome(candidates, scored_now, len(record.trials()), driver, scoring, rounds)
+
+
+def _advance(bar: tqdm, count: int) -> None:
+    """Move the bar; a searcher that asks more than its estimate (repairs, resumed rounds) grows the
+    total instead of running the bar past it ("21/20")."""
+    if bar.total is not None and bar.n + count > bar.total:
+        bar.total = bar.n + count
+    bar.update(count)
 
 
 def _settle(record: StudyRecord, round_: list[Pending]) -> tuple[dict[int, Candidate | None], list[Task], list[tuple[int, int]]]:
