@@ -88,12 +88,13 @@ class Deployable(nn.Module):
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each its own: a fresh wrapper trains, what it wraps may not
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _example(input_shape: tuple[int, int, int], batch: int = 2) -> torch.Tensor:

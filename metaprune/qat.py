@@ -16,11 +16,10 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from metaprune.data import Normalizer
 from metaprune.deploy import Deployable, QuantizeConfig, _write_onnx, export_onnx, onnx_session
@@ -109,51 +108,105 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_max: int) -> FakeQu
     return fused
 
 
-def _quantize_blocks(model: nn.Module, weight_max: int) -> None:
-    """In place: every `conv`+`bn` pair (the project's ConvBNAct) becomes one folded fake-quantized
-    conv; every `act` (of a conv, or after a residual add) and every max pool gets a fake-quantized
-    output, where ONNX Runtime puts a QuantizeLinear."""
-    for module in list(model.modules()):
-        conv, bn, act = (getattr(module, name, None) for name in ("conv", "bn", "act"))
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            module.conv, module.bn = _folded_conv(conv, bn, weight_max), nn.Identity()
-        if isinstance(act, nn.Module):
-            module.act = nn.Sequential(act, ActivationFakeQuant())
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.MaxPool2d):
-                setattr(module, name, nn.Sequential(child, ActivationFakeQuant()))
-    left = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if left:
-        raise ValueError(f"BatchNorm layers {left} do not follow a conv as `conv`/`bn` children; QAT cannot fold them")
+# Ops whose output is not a tensor (a tuple of chunks, a size): their tensors are quantized where used.
+_NOT_TENSORS = {torch.chunk, torch.split, getattr}
+_NOT_TENSOR_METHODS = {"chunk", "split", "size", "dim"}
+_FUSED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
-M = TypeVar("M", bound=nn.Module)
+def _not_a_tensor(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _NOT_TENSORS
+    return node.op == "call_method" and str(node.target) in _NOT_TENSOR_METHODS
 
 
-def _part(network: nn.Module, name: str, kind: type[M]) -> M:
-    part = getattr(network, name, None)
-    if not isinstance(part, kind):
-        raise TypeError(f"QAT needs a search_spaces.Network, but {type(network).__name__}.{name} is not a {kind.__name__}")
-    return part
+def _fused_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _FUSED_ACTIVATIONS)
+    return node.op == "call_function" and node.target in (F.relu, torch.relu, F.relu6, F.hardtanh)
+
+
+def _trace(network: nn.Module) -> fx.GraphModule:
+    graph = copy.deepcopy(network) if isinstance(network, fx.GraphModule) else fx.symbolic_trace(copy.deepcopy(network))
+    graph.graph.eliminate_dead_code()
+    return graph
+
+
+def _fold_batchnorms(graph: fx.GraphModule, weight_max: int) -> None:
+    """In place: every BatchNorm that alone reads a conv becomes part of that conv (folded, fake-quantized);
+    every other conv and linear fake-quantizes its weight."""
+    modules = dict(graph.named_modules())
+    for node in list(graph.graph.nodes):
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(module, nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        assert isinstance(source, fx.Node), node.args
+        conv = modules.get(str(source.target)) if source.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
+            raise ValueError(f"BatchNorm {node.target} does not follow a conv alone; QAT cannot fold it")
+        _set_module(graph, str(source.target), _folded_conv(conv, module, weight_max))
+        node.replace_all_uses_with(source)
+        graph.graph.erase_node(node)
+    graph.delete_all_unused_submodules()
+    for path, module in list(graph.named_modules()):
+        if type(module) is nn.Conv2d:
+            _set_module(graph, path, _fake_quant_copy(module, FakeQuantConv2d, weight_max))
+        elif type(module) is nn.Linear:
+            _set_module(graph, path, _fake_quant_copy(module, FakeQuantLinear, weight_max))
+
+
+def _fake_quant_copy(module: nn.Module, kind: type[nn.Module], weight_max: int) -> nn.Module:
+    quantized = copy.deepcopy(module)
+    quantized.__class__ = kind  # same parameters and geometry, the fake-quantizing forward
+    quantized.weight_max = weight_max  # type: ignore[assignment]
+    return quantized
+
+
+def _quantize_activations(graph: fx.GraphModule) -> None:
+    """In place: a fake-quantized output on the input and on every op's output but the logits and those
+    an activation follows that ONNX Runtime fuses into the op. Even ops that only move values (a gather,
+    a flatten) get one: ORT runs an op in integers only where a QuantizeLinear/DequantizeLinear pair
+    stands right before it; a second pair on unchanged values has the same range and changes nothing."""
+    modules = dict(graph.named_modules())
+    count = 0
+    for node in list(graph.graph.nodes):
+        if node.op in ("output", "get_attr") or _not_a_tensor(node):
+            continue
+        if node.users and all(_fused_activation(user, modules) or user.op == "output" for user in node.users):
+            continue  # the activation's output is quantized instead; the logits stay float
+        name = f"quant_{count}"
+        count += 1
+        graph.add_submodule(name, ActivationFakeQuant())
+        with graph.graph.inserting_after(node):
+            quant = graph.graph.call_module(name, (node,))
+        node.replace_all_uses_with(quant, delete_user_cb=lambda user, quant=quant: user is not quant)
+    graph.graph.lint()
+    graph.recompile()
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 class QATNetwork(nn.Module):
-    """A `search_spaces.Network` with BN folded and ORT's INT8 scheme simulated; takes normalised input."""
+    """Any traceable network (a plain subnet) with BN folded and ORT's INT8 scheme simulated; takes normalised input."""
 
     def __init__(self, network: nn.Module, reduce_range: bool = True) -> None:
         super().__init__()
-        layers, pool = _part(network, "layers", nn.Module), _part(network, "pool", nn.Module)
-        linear = _part(network, "classifier", nn.Linear)
-        self.input_quant, self.layers, self.pool = ActivationFakeQuant(), copy.deepcopy(layers), copy.deepcopy(pool)
-        _quantize_blocks(self.layers, _weight_max(reduce_range))
-        self.features_quant = ActivationFakeQuant()
-        self.classifier = FakeQuantLinear(linear.in_features, linear.out_features)
-        self.classifier.load_state_dict(linear.state_dict())
-        self.classifier.weight_max = _weight_max(reduce_range)
+        try:
+            graph = _trace(network)
+        except Exception as exc:  # fx raises many kinds
+            raise TypeError(f"QAT needs a network torch.fx can trace, {type(network).__name__} is not: {exc}") from None
+        if not any(isinstance(m, nn.Conv2d) for m in graph.modules()):
+            raise TypeError(f"QAT needs a convolutional network; {type(network).__name__} has no conv")
+        _fold_batchnorms(graph, _weight_max(reduce_range))
+        _quantize_activations(graph)
+        self.net = graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.pool(self.layers(self.input_quant(x))).flatten(1)
-        return self.classifier(self.features_quant(features))
+        return self.net(x)
 
 
 def _activation_quants(model: nn.Module) -> list[ActivationFakeQuant]:

@@ -122,7 +122,7 @@ def test_a_family_module_is_plain_pytorch_the_user_can_train_themselves() -> Non
 
 def test_the_pipeline_runs_on_a_graph_family_from_the_command_line(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = cli(run_dir=run_dir, sets=["space.family=squeezenet"])
+    result = cli(run_dir=run_dir, sets=["space.family=squeezenet", "quantize.qat=always", "latency.runs=3"])
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["base"]["space"] == "squeezenet"
@@ -133,3 +133,47 @@ def test_the_pipeline_runs_on_a_graph_family_from_the_command_line(tmp_path: Pat
     model = ss.load_subnet(run_dir / "export")
     assert thop_count(model, 16) == (best["flops"], best["params"])
     assert summary["export"]["reload_max_abs_diff"] == 0.0 and summary["export"]["onnx_max_abs_diff"] < 1e-4
+    quantized = summary["quantize"]  # quantization-aware training ran on the traced subnet, beside static INT8
+    assert quantized["qat_int8_top1"] is not None and quantized["int8_method"] in ("ptq", "qat")
+    assert quantized["int8_top1"] == max(quantized["ptq_int8_top1"], quantized["qat_int8_top1"])
+
+
+@pytest.mark.parametrize("name", GRAPH)
+def test_qat_folds_every_batchnorm_and_onnx_runtime_runs_what_it_simulates(name: str, tmp_path: Path) -> None:
+    """Quantization-aware training works on any traced subnet (concats, shuffles, squeeze-excite
+    gates): BN folded into its conv, and the exported QDQ file runs integer convs giving the logits
+    PyTorch's fake quantization gives."""
+    from metaprune import deploy, qat
+    from metaprune.data import Normalizer
+    from tests.test_deploy import runtime_op_types
+
+    space = family_space(name, 32)
+    torch.manual_seed(0)
+    subnet = ss.build_subnet(space, configs(space, 3, seed=4)[1])
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    normalizer = Normalizer.fit(images)
+    with torch.no_grad():  # BN statistics of these images, so that activations keep their scale
+        for m in subnet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        subnet.train()(normalizer(images))
+    subnet.eval()
+    model = qat.prepare_qat(subnet, [normalizer(images)]).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in subnet.modules())
+    assert sum(isinstance(m, qat.FakeQuantConv2d) for m in model.modules()) == convs
+    path = qat.export_qat_onnx(model, normalizer, (3, 32, 32), tmp_path / "qat.onnx")
+    ran = runtime_op_types(path, tmp_path)
+    assert ran["QLinearConv"] > 0 and ran["Conv"] == 0, f"some convs stay float: {dict(ran)}"
+    with torch.no_grad():
+        simulated = model(normalizer(images)).numpy()
+    got = deploy.onnx_logits(path, images, batch=32, threads=1)
+    # untrained weights: ORT's rounding (fixed-point requantization) differs by a step here and there,
+    # and random layers amplify it more than trained ones (tests/test_deploy.py: 10% on a trained net);
+    # ShuffleNetV2 differs most (mean 3-5% of the span, the others under 2%): not explained yet
+    error, span = np.abs(got - simulated), float(simulated.max() - simulated.min())
+    assert float(error.max()) <= 0.2 * span and float(error.mean()) <= 0.05 * span, (
+        float(error.max()),
+        float(error.mean()),
+        span,
+    )

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-import search_spaces as ss
 from metaprune import deploy, qat
 from metaprune.choice import Chosen, chosen_model
 from metaprune.compress import apply_masks, dense_bytes, magnitude_prune, quantize_weights, sparse_bytes, sparsity_of
@@ -134,9 +133,7 @@ def _int8(
     ptq_top1 = int8_top1 = onnx_top1(int8)
     method, qat_top1 = "ptq", None
     lost_too_much = fp32_top1 - ptq_top1 > cfg.max_drop
-    if isinstance(run.space, ss.GraphSpace) and (cfg.qat == "always" or (cfg.qat == "auto" and lost_too_much)):
-        print("note: quantization-aware training is not available for a --model network yet; kept static INT8", file=sys.stderr)
-    elif cfg.qat == "always" or (cfg.qat == "auto" and lost_too_much):  # quantization-aware training
+    if cfg.qat == "always" or (cfg.qat == "auto" and lost_too_much):  # quantization-aware training
         qat_path = _qat(run, model, calib, work)  # (not `qat`: that names the module)
         qat_top1 = onnx_top1(qat_path)
         if qat_top1 > ptq_top1:  # the INT8 artifact is the better of the two
