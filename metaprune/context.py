@@ -70,11 +70,6 @@ class Context:
         try:
             self.base_space = make_space(cfg, len(self.splits.train.classes), channels, size, model)
             self.full = ss.count(self.base_space, self.base_space.largest)
-            if isinstance(self.base_space, ss.GraphSpace) and cfg.search.max_latency_ms > 0:
-                raise UserError(
-                    "search.max_latency_ms needs a registered family's per-layer latency table; search a --model network "
-                    "by FLOPs (search.max_flops) for now"
-                )
             self.pn_window = self._window(cfg.pruningnet.min_flops, cfg.pruningnet.max_flops)
             self.search_window = self._window(cfg.search.min_flops, cfg.search.max_flops)
         except ValueError as exc:

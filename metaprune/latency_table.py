@@ -266,14 +266,14 @@ def _measure_entries(
     return entries
 
 
-def _calibration_configs(space: SearchSpace, count: int, seed: int) -> list[Config]:
+def _calibration_configs(space: ss.GeneSpace, count: int, seed: int) -> list[Config]:
     """The extremes, a few uniform widths in between, and random configurations."""
     uniform = [tuple(round(f * (len(g.choices) - 1)) for g in space.genes) for f in (0.25, 0.5, 0.75)]
     rng = np.random.default_rng(seed)
     return [space.largest, space.smallest, *uniform, *(ss.sample(space, rng) for _ in range(count))][:count]
 
 
-def _calibrate(table: LatencyTable, configs: list[Config], warmup: int, runs: int, device: str) -> None:
+def _calibrate(table: Any, configs: list[Config], warmup: int, runs: int, device: str) -> None:
     """Fit measured = overhead_ms + scale * summed entries on whole subnets, the extremes among them.
 
     Why both terms: the overhead is what op timings leave out and every subnet has alike (module
@@ -301,7 +301,7 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
 
 
 def lut_accuracy(
-    space: SearchSpace, table: LatencyTable, configs: list[Config], threads: int | None = None, runs: int = 30,
+    space: SearchSpace | ss.GraphSpace, table: Any, configs: list[Config], threads: int | None = None, runs: int = 30,
     warmup: int = 10, device: str = "cpu",
 ) -> dict[str, Any]:  # fmt: skip
     """Predicted against measured latency of whole subnets: per config, MAPE, max error, Kendall's tau."""
