@@ -24,6 +24,7 @@ from torch import fx, nn
 from metaprune.data import Normalizer
 from metaprune.deploy import Deployable, QuantizeConfig, _write_onnx, export_onnx, onnx_session
 from metaprune.train import OptimConfig
+from search_spaces.graph import KeptGather
 
 
 def _asymmetric_qparams(low: float, high: float) -> tuple[float, int]:
@@ -120,6 +121,37 @@ def _not_a_tensor(node: fx.Node) -> bool:
     return node.op == "call_method" and str(node.target) in _NOT_TENSOR_METHODS
 
 
+_MOVING_MODULES = (KeptGather, nn.Flatten, nn.Dropout, nn.Identity)
+_MOVING_FUNCTIONS = {torch.flatten, torch.reshape}
+_MOVING_METHODS = {"flatten", "view", "reshape", "contiguous"}
+
+
+def _moves_values(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """An op whose output holds (some of) its input's values unchanged: picked, reshaped, copied."""
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _MOVING_MODULES)
+    if node.op == "call_function":
+        return node.target in _MOVING_FUNCTIONS
+    return node.op == "call_method" and str(node.target) in _MOVING_METHODS
+
+
+class SameRangeFakeQuant(nn.Module):
+    """The fake quantization of `source`'s range, observing nothing: on values `source` quantized and
+    an op only moved (a gather, a flatten). With equal scales ONNX Runtime moves them as uint8, where a
+    range of their own would make it requantize (and round) between the two."""
+
+    def __init__(self, source: ActivationFakeQuant) -> None:
+        super().__init__()
+        self._source = [source]  # in a list: not a submodule, its state is the source's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        source = self._source[0]
+        if source.observing:
+            return x
+        scale, zero_point = _asymmetric_qparams(float(source.low), float(source.high))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+
+
 def _fused_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules[str(node.target)], _FUSED_ACTIVATIONS)
@@ -177,7 +209,11 @@ def _quantize_activations(graph: fx.GraphModule) -> None:
             continue  # the activation's output is quantized instead; the logits stay float
         name = f"quant_{count}"
         count += 1
-        graph.add_submodule(name, ActivationFakeQuant())
+        source = node.all_input_nodes[0] if _moves_values(node, modules) and node.all_input_nodes else None
+        before = modules.get(str(source.target)) if source is not None and source.op == "call_module" else None
+        quantizer = SameRangeFakeQuant(before) if isinstance(before, ActivationFakeQuant) else ActivationFakeQuant()
+        graph.add_submodule(name, quantizer)
+        modules[name] = quantizer
         with graph.graph.inserting_after(node):
             quant = graph.graph.call_module(name, (node,))
         node.replace_all_uses_with(quant, delete_user_cb=lambda user, quant=quant: user is not quant)

@@ -170,7 +170,7 @@ def test_qat_folds_every_batchnorm_and_onnx_runtime_runs_what_it_simulates(name:
     got = deploy.onnx_logits(path, images, batch=32, threads=1)
     # untrained weights: ORT's rounding (fixed-point requantization) differs by a step here and there,
     # and random layers amplify it more than trained ones (tests/test_deploy.py: 10% on a trained net);
-    # ShuffleNetV2 differs most (mean 3-5% of the span, the others under 2%): not explained yet
+    # ShuffleNetV2 differs most (mean 2-5% of the span over seeds, the others under 2%): not explained yet
     error, span = np.abs(got - simulated), float(simulated.max() - simulated.min())
     assert float(error.max()) <= 0.2 * span and float(error.mean()) <= 0.05 * span, (
         float(error.max()),
