@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from metaprune.errors import UserError
 from metaprune.io import atomic_write_json
-from metaprune.latency_table import _calibrate, _calibration_configs, device_kind
+from metaprune.latency_table import _calibrate, _calibration_configs, device_kind, refuse_unless_same
 from metaprune.timing import device_description, device_sync, measure_ms, torch_threads
 from search_spaces import Config
 from search_spaces.graph import GraphSpace, KeptGather, slice_module
@@ -62,12 +62,8 @@ class _Op:
         return sum(w * entries[self.key(p)] for p, w in corners)
 
 
-def _tensor_args(node: fx.Node) -> list[fx.Node]:
-    return [a for a in node.all_input_nodes]
-
-
 def _description(node: fx.Node, module: nn.Module | None, space: GraphSpace) -> str:
-    shapes = [space.shapes.get(a.name) for a in _tensor_args(node)] + [space.shapes.get(node.name)]
+    shapes = [space.shapes.get(a.name) for a in node.all_input_nodes] + [space.shapes.get(node.name)]
     if module is not None:
         what = type(module).__name__
         if isinstance(module, nn.Conv2d):
@@ -106,7 +102,7 @@ def _ops(space: GraphSpace) -> list[_Op]:
     for node in space.nodes():
         if node.op not in ("call_module", "call_function", "call_method") or node.name not in space.classes:
             continue
-        inputs = [a.name for a in _tensor_args(node) if a.name in space.classes]
+        inputs = [a.name for a in node.all_input_nodes if a.name in space.classes]
         module = modules[str(node.target)] if node.op == "call_module" else None
         two = isinstance(module, (nn.Conv2d, nn.Linear)) and not (isinstance(module, nn.Conv2d) and module.groups > 1)
         dims = (inputs[0], node.name) if two and inputs else (node.name,)
@@ -115,9 +111,8 @@ def _ops(space: GraphSpace) -> list[_Op]:
     return ops
 
 
-def _probe(space: GraphSpace, op: _Op, counts: tuple[int, ...], batch: int, device: str) -> Callable[[], object]:
-    """A call running the op of `op` at `counts` on random tensors of its shapes."""
-    node = next(n for n in space.nodes() if n.name == op.node)
+def _probe(space: GraphSpace, node: fx.Node, op: _Op, counts: tuple[int, ...], batch: int, device: str) -> Callable[[], object]:
+    """A call running `node` (the op of `op`) at `counts` on random tensors of its shapes."""
     out_full = space.shapes[node.name][1] if len(space.shapes[node.name]) > 1 else 1
     own = dict(zip(op.dims, counts))
 
@@ -135,7 +130,7 @@ def _probe(space: GraphSpace, op: _Op, counts: tuple[int, ...], batch: int, devi
     kwargs = fx.node.map_arg(node.kwargs, lambda a: tensor(a) if a.name in space.shapes else a)
     if node.op == "call_module":
         full = space.module.get_submodule(str(node.target))
-        cin = channels(_tensor_args(node)[0])
+        cin = channels(node.all_input_nodes[0])
         if isinstance(full, KeptGather):  # which channels it picks is the configuration's; how many is what costs
             module: nn.Module = KeptGather(torch.randperm(cin)[: counts[-1]].sort().values).to(device)
         else:
@@ -185,14 +180,11 @@ class GraphLatencyTable:
         return (self.space.name, _digest(self.space), self.batch, self.threads, self.device_type)
 
     def check(self, space: GraphSpace, batch: int | None = None, threads: int | None = None, device: str | None = None) -> None:
+        refuse_unless_same(self.source, self.identity(), self._wanted(space, batch, threads, device))
+
+    def _wanted(self, space: GraphSpace, batch: int | None, threads: int | None, device: str | None) -> tuple[Any, ...]:
         kind = self.device_type if device is None else device_kind(device)
-        made, wanted = self.identity(), (space.name, _digest(space), batch or self.batch, threads or self.threads, kind)
-        if made != wanted:
-            raise UserError(
-                f"latency table {self.source} was measured for space {made[0]} (digest {made[1]}), batch {made[2]}, "
-                f"threads {made[3]} on {made[4]}, not space {wanted[0]} (digest {wanted[1]}), batch {wanted[2]}, "
-                f"threads {wanted[3]} on {wanted[4]}; delete it to measure a new one"
-            )
+        return (space.name, _digest(space), batch or self.batch, threads or self.threads, kind)
 
     def save(self, path: str | Path) -> None:
         names = ("batch", "threads", "device", "device_type", "runtime", "overhead_ms", "scale", "calibration", "entries")
@@ -218,18 +210,13 @@ class GraphLatencyTable:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"latency table {path} is damaged ({reason}); delete it to measure a new one") from exc
-        if (data["space_name"], data["space_digest"]) != (space.name, _digest(space)):
-            made = (data["space_name"], data["space_digest"], table.batch, table.threads, table.device_type)
-            raise UserError(
-                f"latency table {path} was measured for space {made[0]} (digest {made[1]}), not space {space.name} "
-                f"(digest {_digest(space)}); delete it to measure a new one"
-            )
+        made = (data["space_name"], data["space_digest"], table.batch, table.threads, table.device_type)
+        refuse_unless_same(str(path), made, table._wanted(space, batch, threads, device))  # the file's, not `space`'s
         missing = {op.key(p) for op in table.ops for p in op.points()} - set(table.entries)
         if missing:
             raise UserError(
                 f"latency table {path} is damaged ({len(missing)} op timings missing); delete it to measure a new one"
             )
-        table.check(space, batch, threads, device)
         return table
 
 
@@ -243,11 +230,11 @@ def build_graph_latency_table(
     table = GraphLatencyTable(space, batch, threads, device_description(device), {}, device_type=device_kind(device))
     todo = {op.key(p): (op, p) for op in table.ops for p in op.points()}
     order = np.random.default_rng(seed).permutation(len(todo))  # a busy moment slows a random op, not a run of alike ones
-    keys = sorted(todo)
+    keys, nodes = sorted(todo), {n.name: n for n in space.nodes()}
     with torch_threads(threads), torch.inference_mode():
         for i in tqdm(order, desc="latency table", unit="op", disable=not progress, dynamic_ncols=True):
             op, counts = todo[keys[i]]
-            times = measure_ms(_probe(space, op, counts, batch, device), warmup, runs, device_sync(device))
+            times = measure_ms(_probe(space, nodes[op.node], op, counts, batch, device), warmup, runs, device_sync(device))
             table.entries[keys[i]] = min(times)
     table.entries = dict(sorted(table.entries.items()))
     _calibrate(table, _calibration_configs(space, calibration, seed), 3 * warmup, 5 * runs, device)

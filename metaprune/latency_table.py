@@ -138,6 +138,16 @@ def table_file_name(batch: int, threads: int, device: str) -> str:
     return f"latency_table-{'' if kind == 'cpu' else kind + '-'}b{batch}-t{threads}.json"
 
 
+def refuse_unless_same(source: str, made: tuple[Any, ...], wanted: tuple[Any, ...]) -> None:
+    """A UserError unless a table measured for `made` (space name, digest, batch, threads, device kind) is `wanted`."""
+    if made != wanted:
+        raise UserError(
+            f"latency table {source} was measured for space {made[0]} (digest {made[1]}), batch {made[2]}, "
+            f"threads {made[3]} on {made[4]}, not space {wanted[0]} (digest {wanted[1]}), batch {wanted[2]}, "
+            f"threads {wanted[3]} on {wanted[4]}; delete it to measure a new one"
+        )
+
+
 @dataclass
 class LatencyTable:
     """Measured ms per op signature of one space, batch, thread count and device kind; `predict` prices a config."""
@@ -176,12 +186,7 @@ class LatencyTable:
         kind = self.device_type if device is None else device_kind(device)
         made = (self.space.name, _space_digest(self.space), self.batch, self.threads, self.device_type)
         wanted = (space.name, _space_digest(space), batch or self.batch, threads or self.threads, kind)
-        if made != wanted:
-            raise UserError(
-                f"latency table {self.source} was measured for space {made[0]} (digest {made[1]}), batch {made[2]}, "
-                f"threads {made[3]} on {made[4]}, not space {wanted[0]} (digest {wanted[1]}), batch {wanted[2]}, "
-                f"threads {wanted[3]} on {wanted[4]}; delete it to measure a new one"
-            )
+        refuse_unless_same(self.source, made, wanted)
 
     def to_dict(self) -> dict[str, Any]:
         names = ("batch", "threads", "device", "device_type", "runtime", "overhead_ms", "scale", "calibration", "entries")

@@ -23,7 +23,7 @@ from nas.search import SearchOutcome, drive_search
 from nas.searchers import make_searcher
 from nas.storage import redact
 from nas.study import Candidate, StudyRecord, pareto_front
-from search_spaces import GraphSpace, SearchSpace
+from search_spaces import GraphSpace
 
 AnyTable = Union[LatencyTable, GraphLatencyTable]
 
@@ -62,9 +62,7 @@ def run(ctx: Context) -> SearchResult:
     return summary
 
 
-def _search(
-    ctx: Context, spec: ScorerSpec, table: LatencyTable | GraphLatencyTable | None
-) -> tuple[StudyRecord, SearchOutcome, dict[str, object]]:
+def _search(ctx: Context, spec: ScorerSpec, table: AnyTable | None) -> tuple[StudyRecord, SearchOutcome, dict[str, object]]:
     """The searcher driven to its end over the run's study; the pool's report once it is closed."""
     search = ctx.cfg.search
     feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
@@ -149,25 +147,16 @@ def latency_table(ctx: Context) -> AnyTable:
     """The per-layer latency table of this space on this machine (measured once, kept in the run dir)."""
     cfg, space = ctx.cfg.latency, ctx.space
     path = ctx.dir / table_file_name(cfg.batch, cfg.threads, ctx.device_kind)
-    if isinstance(space, GraphSpace):
-        if path.exists():
-            return GraphLatencyTable.load(path, space, cfg.batch, cfg.threads, device=ctx.device_kind)
-        graph_table = build_graph_latency_table(
-            space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress
-        )
-        graph_table.save(path)
-        return graph_table
-    assert isinstance(space, SearchSpace), type(space)
     if path.exists():
-        return LatencyTable.load(path, space, cfg.batch, cfg.threads, device=ctx.device_kind)
-    table = build_latency_table(space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress)
+        kind = GraphLatencyTable if isinstance(space, GraphSpace) else LatencyTable
+        return kind.load(path, space, cfg.batch, cfg.threads, device=ctx.device_kind)  # type: ignore[arg-type]
+    build = build_graph_latency_table if isinstance(space, GraphSpace) else build_latency_table
+    table = build(space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress)  # type: ignore[arg-type]
     table.save(path)
     return table
 
 
-def latency_report(
-    ctx: Context, table: LatencyTable | GraphLatencyTable, best: Candidate, front: list[Candidate]
-) -> LatencyReport:
+def latency_report(ctx: Context, table: AnyTable, best: Candidate, front: list[Candidate]) -> LatencyReport:
     """The budget, the winner's predicted latency, and the table checked against measured whole subnets."""
     checked = [c.config for c in front[:: max(1, len(front) // 5)]][:5]  # up to 5 points spread along the front
     check = lut_accuracy(table.space, table, checked, runs=ctx.cfg.latency.runs, device=ctx.device_kind)
