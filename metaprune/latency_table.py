@@ -278,23 +278,33 @@ def _calibration_configs(space: ss.GeneSpace, count: int, seed: int) -> list[Con
     return [space.largest, space.smallest, *uniform, *(ss.sample(space, rng) for _ in range(count))][:count]
 
 
-def _calibrate(table: Any, configs: list[Config], warmup: int, runs: int, device: str) -> None:
-    """Fit measured = overhead_ms + scale * summed entries on whole subnets, the extremes among them.
+def fit_overhead_and_scale(summed: list[float], measured: list[float]) -> tuple[float, float]:
+    """Fit measured = overhead_ms + scale * summed entries; return (overhead_ms, scale).
 
     Why both terms: the overhead is what op timings leave out and every subnet has alike (module
     calls, identity shortcuts); the scale is what an op loses inside the network, its input and
     weights no longer hot in cache from its own previous run, which grows with the work (scales of
     1.0-1.5 here; the mean residual alone, scale 1, predicted worse at batch 32). A scale outside
-    0.5..2 means noise swamped the timings (a busy machine): then only the mean residual is used.
+    0.5..2, or a fit that prices the smallest subnet at or below zero, means noise swamped the
+    timings (a busy machine, first calls): then the mean residual is used where it is an overhead
+    (>= 0), and the ratio of the totals where the ops were timed slower than whole subnets, so
+    that every prediction stays positive and keeps the order of the sums.
     """
-    measured = measure_subnets(table.space, configs, table.batch, table.threads, warmup, runs, device)
-    summed = [table.summed(c) for c in configs]
-    scale, overhead = np.polyfit(summed, measured, 1)
-    if not 0.5 <= scale <= 2:
+    scale, overhead = (float(v) for v in np.polyfit(summed, measured, 1))
+    if not 0.5 <= scale <= 2 or overhead + scale * min(summed) <= 0:
         warnings.warn(f"latency table: whole subnets took {min(measured):.3g}..{max(measured):.3g} ms, their ops "
                       f"{min(summed):.3g}..{max(summed):.3g} ms; is the machine busy?", stacklevel=3)  # fmt: skip
         scale, overhead = 1.0, float(np.mean(np.subtract(measured, summed)))
-    table.overhead_ms, table.scale = float(overhead), float(scale)
+        if overhead < 0:
+            scale, overhead = float(sum(measured) / sum(summed)), 0.0
+    return overhead, scale
+
+
+def _calibrate(table: Any, configs: list[Config], warmup: int, runs: int, device: str) -> None:
+    """Fit the table's overhead and scale on whole subnets, the extremes among them."""
+    measured = measure_subnets(table.space, configs, table.batch, table.threads, warmup, runs, device)
+    summed = [table.summed(c) for c in configs]
+    table.overhead_ms, table.scale = fit_overhead_and_scale(summed, measured)
     table.calibration = [{"config": list(c), "measured_ms": m, "summed_ms": s} for c, m, s in zip(configs, measured, summed)]
 
 

@@ -26,6 +26,7 @@ from metaprune.latency import (
     onnx_latency,
     torch_latency,
 )
+from metaprune.latency_table import fit_overhead_and_scale
 from search_spaces import Classifier, ConvLayer, Gene, MaxPool, ResidualBlock, SearchSpace
 
 CASES = [(name, min(ss.get_family(name).resolutions)) for name in ss.list_spaces("chain")]
@@ -223,6 +224,19 @@ def test_kendall_tau_equals_scipy() -> None:
         x, y = list(rng.integers(0, 5, 12).astype(float)), list(rng.integers(0, 5, 12).astype(float))
         assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0 and kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+
+
+def test_the_fit_prices_every_subnet_above_zero_even_on_noise() -> None:
+    summed = [4.0, 6.0, 9.0, 12.0]
+    assert fit_overhead_and_scale(summed, [1.0 + 1.2 * s for s in summed]) == pytest.approx((1.0, 1.2))
+    with pytest.warns(UserWarning, match="busy"):  # a scale of 3: noise; the mean residual, 1, is kept
+        assert fit_overhead_and_scale([1.0, 2.0], [1.0, 4.0]) == pytest.approx((1.0, 1.0))
+    # From a CI run: one timing per op (first calls) summed to ~10x the whole subnets. The mean
+    # residual would price the smallest below zero; the ratio of the totals keeps the order.
+    summed, measured = [21.8, 14.0, 9.5], [2.3, 2.1, 1.2]
+    with pytest.warns(UserWarning, match="busy"):
+        overhead, scale = fit_overhead_and_scale(summed, measured)
+    assert (overhead, scale) == pytest.approx((0.0, sum(measured) / sum(summed)))
 
 
 def test_latency_config_fields_have_help() -> None:
