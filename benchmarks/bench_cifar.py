@@ -91,6 +91,7 @@ from metaprune.score import Scorer  # noqa: E402
 from metaprune.train import Loss, load_trained_weights, train  # noqa: E402
 from nas.budget import resolve_flops  # noqa: E402
 from nas.study import Candidate, pareto_front  # noqa: E402
+from search_spaces.user import load_model  # noqa: E402
 
 TARGETS = (0.5, 0.25)
 WINDOW = 0.98  # every arm's FLOPs lie in [WINDOW * target, target] ...
@@ -374,6 +375,15 @@ def peer_pruned(
     return model
 
 
+def users_module(run: Run, full: torch.nn.Module) -> torch.nn.Module:
+    """The trained network as the plain module a user has (the family's own builder, not the traced
+    graph: Torch-Pruning is given what its users give it, and a pruned fx graph does not pickle)."""
+    recipe = run.space.recipe
+    model = load_model(recipe["model"], recipe["num_classes"], recipe.get("kwargs"))
+    model.load_state_dict(full.state_dict())
+    return model.to(next(full.parameters()).device).eval()
+
+
 def arms_at(fam: Family, target: float) -> dict[str, Arm | list[Arm]]:
     """Every arm's network at one FLOPs target, before fine-tuning (random: one per draw)."""
     run, bench = fam.run, fam.bench
@@ -413,7 +423,12 @@ def arms_at(fam: Family, target: float) -> dict[str, Arm | list[Arm]]:
     found["torch_pruning"] = (
         Arm(None, "trained network (group L1)", identity, "", note=missing)
         if missing
-        else Arm(peer_pruned(bench, identity, key, fam.full, example, high), "trained network (group L1)", identity, key)
+        else Arm(
+            peer_pruned(bench, identity, key, users_module(run, fam.full), example, high),
+            "trained network (group L1)",
+            identity,
+            key,
+        )
     )
     rng = np.random.default_rng(run.cfg.seed)
     draws = [draw_within(space, rng, low, high) for _ in range(RANDOM_DRAWS)]

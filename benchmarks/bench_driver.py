@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import search_spaces as ss  # noqa: E402
 from metaprune.data import Normalizer, load_folder, split, synthetic  # noqa: E402
-from metaprune.pruningnet import PruningNet, PruningNetConfig  # noqa: E402
+from metaprune.graph_pruningnet import GraphPruningNet as PruningNet  # noqa: E402
+from metaprune.pruningnet import PruningNetConfig  # noqa: E402
 from metaprune.score import ScoreConfig, ScorerSpec, build_scorer, calibration_images  # noqa: E402
 from nas.evolution import EvolutionConfig  # noqa: E402
 from nas.executors import Scored, Task  # noqa: E402

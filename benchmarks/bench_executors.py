@@ -29,7 +29,8 @@ import torch
 
 import search_spaces
 from metaprune.data import ImageData, Normalizer, load_folder, synthetic
-from metaprune.pruningnet import PruningNet, PruningNetConfig
+from metaprune.graph_pruningnet import GraphPruningNet as PruningNet
+from metaprune.pruningnet import PruningNetConfig
 from metaprune.score import ScoreConfig, ScorerSpec
 from nas.executors import Executor, InProcessExecutor, Task
 from nas.ray_executor import RayExecutor

@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     spaces: list[tuple[str, ss.SearchSpace | ss.GraphSpace]] = []
-    for name in args.family or ss.list_spaces("graph"):
+    for name in args.family or ss.list_spaces("module"):
         spaces.append((name, ss.create_space(name, 10, 3, args.size, args.width)))
     for name in args.chain:
         chain = ss.create_space(name, 10, 3, args.size, args.width)

@@ -32,7 +32,7 @@ from torch import nn
 
 import search_spaces
 from metaprune.data import ImageData, Normalizer, load_folder, synthetic
-from metaprune.pruningnet import PruningNet
+from metaprune.graph_pruningnet import GraphPruningNet as PruningNet  # noqa: E402
 from metaprune.score import Scorer, fixed_batches, recalibrate_bn, top1
 from search_spaces import Config, SearchSpace
 

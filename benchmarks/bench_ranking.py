@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import search_spaces as ss  # noqa: E402
 from metaprune.data import Normalizer, load_dataset, split  # noqa: E402
-from metaprune.importance import RANKINGS, channel_ranking, crop, order_channels  # noqa: E402
+from metaprune.graph_importance import RANKINGS, ordered_space  # noqa: E402
+from metaprune.importance import crop  # noqa: E402
 from metaprune.score import calibration_images, fixed_batches, recalibrate_bn, top1  # noqa: E402
 
 CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -57,12 +58,12 @@ def main() -> None:
         configs[f"{target:g}"] = [ss.uniform_within(space, target * full_flops), *draws]
     results: dict[str, dict[str, float]] = {}
     for method in RANKINGS:
-        ordered = order_channels(space, model, channel_ranking(space, model, method))
+        ordered = ordered_space(space, model, method)
         row = {}
         for target, group in configs.items():
             scores = []
             for config in group:
-                subnet = crop(space, ordered, config)
+                subnet = crop(ordered, model, config)
                 recalibrate_bn(subnet, calib)
                 scores.append(top1(subnet, validation))
             row[f"uniform_{target}"] = scores[0]

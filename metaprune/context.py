@@ -76,11 +76,11 @@ class Context:
             raise UserError(str(exc)) from None
 
     @property
-    def space(self) -> ss.SearchSpace | ss.GraphSpace:
-        """The space the PruningNet, the search and the subnets use. A traced module's keeps each
-        gene's most important channels first once a trained network exists (its weights stay put;
-        see `metaprune.graph_importance`); a registered family's trained network is permuted instead."""
-        return self.base_space if not isinstance(self.base_space, ss.GraphSpace) else self.ordered(self.base_space)
+    def space(self) -> ss.GraphSpace:
+        """The space the PruningNet, the search and the subnets use: it keeps each gene's most
+        important channels first once a trained network exists (its weights stay put; see
+        `metaprune.graph_importance`)."""
+        return self.ordered(self.base_space)
 
     def ordered(self, space: ss.GraphSpace) -> ss.GraphSpace:
         """`space` in the trained network's importance order (`metaprune.pipeline.Run` knows the
@@ -131,9 +131,7 @@ class Context:
         return (self.space.in_channels, self.space.resolution, self.space.resolution)
 
 
-def make_space(
-    cfg: RunConfig, num_classes: int, channels: int, size: int, model: torch.nn.Module | None = None
-) -> ss.SearchSpace | ss.GraphSpace:
+def make_space(cfg: RunConfig, num_classes: int, channels: int, size: int, model: torch.nn.Module | None = None) -> ss.GraphSpace:
     """The run's space: a registered family, or the user's own network traced (`space.model`, or a
     module handed to the Python entry point), for the data's classes, channels and image size."""
     if model is not None or cfg.space.model:

@@ -50,6 +50,10 @@ def _depthwise(module: nn.Module) -> bool:
 
 
 def ordered_space(space: GraphSpace, model: nn.Module, method: str = "l1") -> GraphSpace:
-    """`space` keeping each gene's most important classes first (ties: the space's own order)."""
+    """`space` keeping each gene's most important classes first (equal scores: the space's own order)."""
     scores = class_scores(space, model, method)
-    return space.with_order(tuple(gene[np.argsort(-scores[gene], kind="stable")] for gene in space.order))
+    order = []
+    for gene in range(len(space.genes)):  # within each tied group: its classes are one tensor's
+        rows = space.segments(gene)
+        order.append(np.concatenate([row[np.argsort(-scores[row], kind="stable")] for row in rows]))
+    return space.with_order(tuple(order))

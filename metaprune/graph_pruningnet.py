@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from metaprune.importance import check_full_weights
 from metaprune.pruningnet import PruningNetConfig, _Generator
 from search_spaces import Config
 from search_spaces.graph import GraphSpace, KeptGather, conv_inputs, copy_bn, gather_index, source_of
@@ -242,6 +243,7 @@ class GraphPruningNet(nn.Module):
         of this space (the user's, trained), so each configuration generates it pruned."""
         if not self.cfg.bn_affine:
             raise ValueError("a warm-started PruningNet needs affine BatchNorms (bn_affine=True)")
+        check_full_weights(self.space, trained.state_dict())
         sources = dict(trained.named_modules())
         for path, _, _ in self.calls:
             layer, source = self.net.get_submodule(path), sources.get(path)

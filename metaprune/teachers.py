@@ -64,7 +64,7 @@ def teachers(run: Context) -> Teachers | None:
     found = assistant_identity(run)
     config = assistant_config(run.space, cfg.assistant_width)
     torch.manual_seed(run.cfg.seed)
-    model = ss.build_subnet(run.space, config).to(run.device)
+    model = ss.fresh_subnet(run.space, config).to(run.device)
     data = run.prepared
     train(
         model, lambda x, step: model(x), data.train, data.normalizer, run.cfg.finetune, seed=run.cfg.seed,

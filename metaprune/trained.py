@@ -16,7 +16,7 @@ import torch
 import search_spaces as ss
 from metaprune.context import Context
 from metaprune.errors import UserError
-from metaprune.importance import channel_ranking, check_full_weights, order_channels
+from metaprune.importance import check_full_weights
 from metaprune.run_dir import BASE, PRUNINGNET
 from metaprune.train import checkpoint_header, load_trained_weights
 
@@ -27,7 +27,7 @@ def weights_file(run: Context) -> Path | None:
     return Path(run.cfg.base.weights).expanduser() if run.cfg.base.weights else None
 
 
-def load_weights_file(space: ss.GeneSpace, path: Path) -> dict[str, torch.Tensor]:
+def load_weights_file(space: ss.GraphSpace, path: Path) -> dict[str, torch.Tensor]:
     """The user's state dict, refused with one line naming what is wrong (nothing else is read)."""
     if not path.is_file():
         raise UserError(f"base.weights {path} does not exist; pass the path of your trained network's state dict")
@@ -50,7 +50,7 @@ def load_weights_file(space: ss.GeneSpace, path: Path) -> dict[str, torch.Tensor
             f"base.weights {path} is not the full {space.name!r} network of this run: {exc}; "
             + (
                 "save the state dict of the model space.model builds"
-                if isinstance(space, ss.GraphSpace)
+                if isinstance(space.recipe.get("model"), str) and "search_spaces" not in space.recipe["model"]
                 else "lay it out as search_spaces.build_subnet(space, space.largest)"
             )
         ) from None
@@ -89,13 +89,9 @@ def model(run: Context) -> torch.nn.Module:
 
 
 def ordered(run: Context, network: torch.nn.Module | None = None) -> torch.nn.Module:
-    """The trained full network with every gene's channels in `pruningnet.ranking` order (a traced
-    module's as it is: its space, `run.space`, holds the order)."""
-    network = model(run) if network is None else network
-    space = run.space
-    if isinstance(space, ss.GraphSpace):
-        return network
-    return order_channels(space, network, channel_ranking(space, network, run.cfg.pruningnet.ranking))
+    """The trained full network, as it is: its importance order (`pruningnet.ranking`) is held by
+    the run's space (`run.space`), not by its weights."""
+    return model(run) if network is None else network
 
 
 def identity(run: Context) -> str:

@@ -78,6 +78,20 @@ def _block(layer: Layer, factory: LayerFactory) -> nn.Module:
     raise TypeError(f"unknown layer {layer!r}")
 
 
+def gene_paths(space: SearchSpace) -> dict[str, str]:
+    """Per gene, in gene order, the paths in `Network` of the convs writing it: what names the genes
+    of the traced network after the description's and ties what it ties (`GraphSpace.with_gene_names`)."""
+    convs: list[tuple[str, ConvLayer]] = []
+    for layer in space.layers:
+        if isinstance(layer, ConvLayer):
+            convs.append((f"layers.{layer.name}.conv", layer))
+        elif isinstance(layer, ResidualBlock):
+            convs += [(f"layers.{layer.name}.body.{i}.conv", conv) for i, conv in enumerate(layer.body)]
+            if layer.shortcut is not None:
+                convs.append((f"layers.{layer.name}.shortcut.conv", layer.shortcut))
+    return {path: gene.name for gene in space.genes for path, conv in convs if conv.out_ch == gene.name}
+
+
 class PlainFactory:
     """Ordinary layers sized for one configuration: the deployable subnet."""
 

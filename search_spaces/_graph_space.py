@@ -76,6 +76,54 @@ class GraphSpace(GeneSpace):
     def with_recipe(self, recipe: dict[str, Any]) -> GraphSpace:
         return replace(self, recipe=recipe)
 
+    def with_gene_names(self, names: dict[str, str], only: bool = False) -> GraphSpace:
+        """The space with the genes written by the modules `names` keys (module paths) renamed to its
+        values and put first, in that order; the rest keep their names and follow in graph order, or
+        with `only`, are frozen (kept whole). Paths given one name tie their genes: each keeps the
+        same count (a bottleneck's two inner convs, as a description may have it). How a family
+        described elsewhere keeps its gene names, fixed widths and configurations once traced."""
+        merged: dict[str, list[int]] = {}  # new name -> the genes it ties, in the order given
+        for path, new_name in names.items():
+            gene = self._gene_written_by(path, new_name)
+            other = next((n for n, genes in merged.items() if gene in genes and n != new_name), None)
+            if other is not None:
+                raise ValueError(f"gene {new_name!r}: {path!r} writes the gene already named {other!r}")
+            if gene not in merged.setdefault(new_name, []):
+                merged[new_name].append(gene)
+        for new_name, tied in merged.items():
+            if len({(self.genes[g].base, self.genes[g].choices) for g in tied}) > 1:
+                widths = ", ".join(f"{self.genes[g].name} ({self.genes[g].base})" for g in tied)
+                raise ValueError(f"gene {new_name!r} ties genes of different widths: {widths}")
+        named = {g for tied in merged.values() for g in tied}
+        rest = [g for g in range(len(self.genes)) if g not in named]
+        groups = [(name, tied) for name, tied in merged.items()] + ([] if only else [(self.genes[g].name, [g]) for g in rest])
+        new_index = np.full(len(self.genes) + 1, -1, dtype=np.int64)  # the last entry: frozen (-1) stays frozen
+        for index, (_, tied) in enumerate(groups):
+            new_index[tied] = index
+        genes = tuple(replace(self.genes[tied[0]], name=name) for name, tied in groups)
+        if len({g.name for g in genes}) != len(genes):
+            raise ValueError(f"gene names are not unique after renaming: {[g.name for g in genes]}")
+        frozen = dict(self.frozen)
+        for g in rest if only else []:
+            why = f"the width {self.genes[g].name} writes, fixed by the description"
+            frozen[why] = why
+        order = tuple(np.concatenate([self.order[g] for g in tied]) for _, tied in groups)
+        return replace(self, genes=genes, gene_of=new_index[self.gene_of], order=order, frozen=frozen)
+
+    def _gene_written_by(self, path: str, new_name: str) -> int:
+        writers = [n for n in self.nodes() if n.op == "call_module" and n.target == path]
+        if not writers:
+            raise ValueError(f"gene {new_name!r}: the traced module has no layer {path!r}")
+        genes = np.unique(self.gene_of[self.classes[writers[0].name]])
+        genes = genes[genes >= 0]
+        if len(genes) != 1:
+            raise ValueError(f"gene {new_name!r}: {path!r} writes {len(genes)} genes, not one")
+        return int(genes[0])
+
+    def segments(self, gene: int) -> np.ndarray:
+        """The gene's classes in keeping order, one row per tied group (one row unless tied)."""
+        return self.order[gene].reshape(-1, self.genes[gene].base)
+
     def digest(self) -> str:
         """A digest of the traced code, the input shape and the genes (not the weights, not the order)."""
         text = repr((self.module.code, self.example_shape[1:], [(g.name, g.base, g.choices) for g in self.genes]))
@@ -91,8 +139,8 @@ class GraphSpace(GeneSpace):
         conv, BN or linear would get no channel at all (a split half whose genes all landed in the
         other half), the first-ranked class of that tensor."""
         keep = self.gene_of < 0
-        for gene, width in zip(self.order, self.widths(config)):
-            keep[gene[:width]] = True
+        for gene, width in enumerate(self.widths(config)):
+            keep[self.segments(gene)[:, :width]] = True
         for name in self.weighted:
             classes = self.classes[name]
             if len(classes) and not keep[classes].any():
@@ -101,12 +149,13 @@ class GraphSpace(GeneSpace):
 
     @property
     def _rank(self) -> np.ndarray:
-        """Each class's position in its gene's order (frozen classes: -1)."""
+        """Each class's position in its gene's order, in its tied group (frozen classes: -1)."""
         rank = self.__dict__.get("_rank_cache")
         if rank is None:
             rank = np.full(len(self.gene_of), -1, dtype=np.int64)
-            for gene in self.order:
-                rank[gene] = np.arange(len(gene))
+            for gene in range(len(self.genes)):
+                segments = self.segments(gene)
+                rank[segments] = np.arange(segments.shape[1])
             self.__dict__["_rank_cache"] = rank
         return rank
 
@@ -116,9 +165,12 @@ class GraphSpace(GeneSpace):
         return {name: torch.from_numpy(np.flatnonzero(keep[c])) for name, c in self.classes.items()}
 
     def with_order(self, order: tuple[np.ndarray, ...]) -> GraphSpace:
-        """The space keeping each gene's classes in `order` (an importance ranking, most important first)."""
-        for gene, (old, new) in enumerate(zip(self.order, order)):
-            if sorted(old.tolist()) != sorted(np.asarray(new).tolist()):
+        """The space keeping each gene's classes in `order` (an importance ranking, most important first;
+        a tied gene's groups one after the other, as `segments` has them)."""
+        for gene, new in enumerate(order):
+            base = self.genes[gene].base
+            old_rows, new_rows = self.segments(gene), np.asarray(new).reshape(-1, base)
+            if old_rows.shape != new_rows.shape or (np.sort(old_rows, axis=1) != np.sort(new_rows, axis=1)).any():
                 raise ValueError(f"order of gene {self.genes[gene].name!r} is not a permutation of its classes")
         return replace(self, order=tuple(np.asarray(o, dtype=np.int64) for o in order))
 

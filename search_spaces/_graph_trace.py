@@ -21,9 +21,13 @@ def from_module(
     example_input: torch.Tensor,
     name: str | None = None,
     scales: tuple[float, ...] | None = None,
+    genes: dict[str, str] | None = None,
+    only_named: bool = False,
 ) -> GraphSpace:
     """The search space of `model`: one gene per free channel group, its choices `scales` of its size
-    (the paper's 0.10 ... 1.00 by default). `model` keeps its weights: they are the full width."""
+    (the paper's 0.10 ... 1.00 by default). `model` keeps its weights: they are the full width.
+    A gene is named after the first module writing it; `genes` (module path -> name) names the
+    genes those modules write and puts them first, in that order (`GraphSpace.with_gene_names`)."""
     graph = _trace(model, example_input)
     analysis = _Analysis(graph)
     with warnings.catch_warnings():
@@ -32,7 +36,8 @@ def from_module(
     for node in graph.graph.nodes:
         _visit(node, modules, analysis)
     _warn_unknown(analysis.unknown)
-    return _space(name or type(model).__name__, graph, analysis, tuple(example_input.shape), scales)
+    space = _space(name or type(model).__name__, graph, analysis, tuple(example_input.shape), scales)
+    return space.with_gene_names(genes, only_named) if genes else space
 
 
 def _warn_unknown(unknown: dict[str, str]) -> None:

@@ -1,11 +1,16 @@
 """Registry of network families: a name maps to a function that returns a `SearchSpace` (a chain
-description), or to a plain `nn.Module` builder that `from_module` traces (a graph family)."""
+description), or to a plain `nn.Module` builder. Either way `create_space` gives the traced graph
+(`from_module`): a described family is its full-width `Network`, traced, its genes keeping the
+description's names and order, so its configurations, FLOPs and outputs are the description's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
+from search_spaces._build import build_subnet, gene_paths
 from search_spaces._graph_space import GraphSpace
 from search_spaces._space import SearchSpace, with_channel_multiple
 
@@ -47,10 +52,13 @@ def register_module(name: str, builder: Callable[..., object], resolutions: tupl
 
 
 def list_spaces(kind: str = "all") -> list[str]:
-    """The registered families' names: all, or only the chain (`SearchSpace`) or graph ones."""
+    """The registered families' names: all, or only those described as a chain (`SearchSpace`,
+    "described") or those built as a plain module ("module"). Every one is a graph once created."""
+    if kind not in ("all", "described", "module"):
+        raise ValueError(f"kind must be all, described or module, got {kind!r}")
     if kind == "all":
         return sorted(_FAMILIES)
-    return sorted(name for name, family in _FAMILIES.items() if bool(family.module) == (kind == "graph"))
+    return sorted(name for name, family in _FAMILIES.items() if bool(family.module) == (kind == "module"))
 
 
 def get_family(name: str) -> Family:
@@ -66,21 +74,38 @@ def create_space(
     resolution: int | None = None,
     width_mult: float = 1.0,
     channel_multiple: int = 1,
-) -> SearchSpace | GraphSpace:
+) -> GraphSpace:
     """Instantiate a registered family for the data at hand (classes, channels, image size), every
-    gene's widths rounded to multiples of `channel_multiple` (1: the paper's grid)."""
+    gene's widths rounded to multiples of `channel_multiple` (1: the paper's grid). Traced here; the
+    recipe it keeps rebuilds the same space anywhere (Ray workers, an exported subnet)."""
+    from search_spaces.user import graph_space
+
     family = get_family(name)
     if width_mult <= 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult}")
     size = family.resolutions[0] if resolution is None else resolution
-    if family.factory is None:  # traced here; the recipe rebuilds the same space anywhere
-        from search_spaces.user import graph_space
+    kwargs = {"in_channels": in_channels, "resolution": size, "width_mult": width_mult}
+    if family.factory is None:
+        recipe = {"model": family.module, "name": name, "kwargs": kwargs}
+    else:
+        described = create_description(name, num_classes, in_channels, size, width_mult)
+        recipe = {"model": f"{__name__}:described_network", "name": name, "kwargs": {"family": name, **kwargs}}
+        recipe["genes"] = gene_paths(described)
+    return graph_space(recipe, num_classes, (in_channels, size, size), channel_multiple)
 
-        recipe = {
-            "model": family.module,
-            "name": name,
-            "kwargs": {"in_channels": in_channels, "resolution": size, "width_mult": width_mult},
-        }
-        return graph_space(recipe, num_classes, (in_channels, size, size), channel_multiple)
-    space = family.factory(num_classes=num_classes, in_channels=in_channels, resolution=size, width_mult=width_mult)
+
+def create_description(
+    name: str, num_classes: int, in_channels: int, resolution: int, width_mult: float, channel_multiple: int = 1
+) -> SearchSpace:
+    """A described family's chain description (`SearchSpace`), from which its network is built."""
+    factory = get_family(name).factory
+    if factory is None:
+        raise ValueError(f"search space {name!r} is a module builder, not a description")
+    space = factory(num_classes=num_classes, in_channels=in_channels, resolution=resolution, width_mult=width_mult)
     return with_channel_multiple(space, channel_multiple)
+
+
+def described_network(family: str, num_classes: int, in_channels: int, resolution: int, width_mult: float) -> nn.Module:
+    """The full-width network of a described family: what `create_space` traces."""
+    described = create_description(family, num_classes, in_channels, resolution, width_mult)
+    return build_subnet(described, described.largest)

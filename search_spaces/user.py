@@ -94,7 +94,7 @@ def graph_space(
     with warnings.catch_warnings():
         if quiet:  # a rebuild elsewhere: the first build warned already
             warnings.simplefilter("ignore", UserWarning)
-        space = from_module(model.eval(), torch.zeros(1, *input_shape), name=name)
+        space = from_module(model.eval(), torch.zeros(1, *input_shape), name=name, genes=recipe.get("genes"), only_named=True)
     full = {
         **recipe,
         "model": given,

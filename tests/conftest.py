@@ -150,8 +150,7 @@ def finetuned_top1(run_dir: Path) -> float:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     arch = json.loads((run_dir / "export" / "architecture.json").read_text())
-    space = ss.SearchSpace.from_dict(arch["space"])
-    model = ss.build_subnet(space, tuple(summary["finetune"]["config"]))
+    model = ss.subnet_from_architecture(arch)
     model.load_state_dict(torch.load(run_dir / summary["finetune"]["checkpoint"], weights_only=True)["model"])
     return counted_top1(model, arch["input"]["mean"], arch["input"]["std"])
 

@@ -28,11 +28,11 @@ def test_pipeline_runs_and_exported_subnet_reloads(tmp_path: Path) -> None:
     shutil.copytree(run_dir / "export", alone)
     arch = json.loads((alone / "architecture.json").read_text())
     model = ss.load_subnet(alone)
-    space = ss.SearchSpace.from_dict(arch["space"])
-    reference = ss.build_subnet(space, space.from_channels(arch["config"]))
+    reference = ss.subnet_from_architecture(arch)
     reference.load_state_dict(torch.load(run_dir / "export" / "weights.pt", weights_only=True))
     x = torch.randn(3, arch["input"]["channels"], arch["input"]["size"], arch["input"]["size"])
     torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=0)
+    space = ss.space_from_payload({"graph": arch["recipe"], "order": arch["order"]})
     assert ss.count(space, space.from_channels(arch["config"])).flops == best["flops"] == arch["flops"]
     # the summary's test top-1 is that of the exported (fine-tuned) weights, counted here on the test split
     assert summary["export"]["weights"] == "finetuned"

@@ -24,7 +24,7 @@ def small_subnet(init_seed: int = 0) -> nn.Module:
     space = ss.create_space("resnet20", 10, 3, 16, 0.5)
     config = ss.sample(space, np.random.default_rng(0))
     torch.manual_seed(init_seed)
-    return ss.build_subnet(space, config)
+    return ss.fresh_subnet(space, config)
 
 
 def prunable_total(model: nn.Module) -> int:

@@ -98,7 +98,8 @@ def test_stages_distill_from_the_base_then_from_user_teachers_and_an_assistant(t
     distill = summary["distill"]
     assert distill["teachers"] == ["base"] and distill["teacher_top1"] == summary["base"]["top1"]
     arch = json.loads((run / "export" / "architecture.json").read_text())
-    space, norm = ss.SearchSpace.from_dict(arch["space"]), (arch["input"]["mean"], arch["input"]["std"])
+    space = ss.space_from_payload({"graph": arch["recipe"], "order": arch["order"]})
+    norm = (arch["input"]["mean"], arch["input"]["std"])
     base = ss.build_subnet(space, space.largest)
     base.load_state_dict(torch.load(run / "base.pt", weights_only=True)["model"])
     assert summary["base"]["top1"] == counted_top1(base, *norm)  # the teacher's figure, counted here

@@ -144,8 +144,8 @@ def test_the_shared_resnet20_gives_the_registered_resnet20s_genes_flops_and_outp
 def _prefix_pruned(network: nn.Module, space: ss.SearchSpace, config: ss.Config) -> nn.Module:
     """The registered subnet of `config` holding the first channels of the full network's weights."""
     subnet = ss.build_subnet(space, config)
-    full = network.state_dict()
-    subnet.load_state_dict({k: v[tuple(slice(0, n) for n in subnet.state_dict()[k].shape)] for k, v in full.items()})
+    shapes = {k: v.shape for k, v in subnet.state_dict().items()}
+    subnet.load_state_dict({k: v[tuple(slice(0, n) for n in shapes[k])] for k, v in network.state_dict().items()})
     return subnet
 
 

@@ -19,7 +19,7 @@ from tests.conftest import cli, study_trials
 from tests.test_graph import configs
 from tests.test_latency import assert_report_adds_up
 
-FAMILIES = ss.list_spaces("graph")
+FAMILIES = ss.list_spaces("module")
 
 
 def space_of(name: str, width: float = 0.25) -> ss.GraphSpace:

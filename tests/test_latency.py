@@ -28,8 +28,9 @@ from metaprune.latency import (
 )
 from metaprune.latency_table import fit_overhead_and_scale
 from search_spaces import Classifier, ConvLayer, Gene, MaxPool, ResidualBlock, SearchSpace
+from search_spaces._registry import create_description
 
-CASES = [(name, min(ss.get_family(name).resolutions)) for name in ss.list_spaces("chain")]
+CASES = [(name, min(ss.get_family(name).resolutions)) for name in ss.list_spaces("described")]
 
 
 def every_op_space() -> SearchSpace:
@@ -69,7 +70,7 @@ def table() -> LatencyTable:
 
 @pytest.mark.parametrize(("name", "size"), CASES)
 def test_table_keys_cover_every_config(name: str, size: int) -> None:
-    space = ss.create_space(name, 10, 3, size)
+    space = create_description(name, 10, 3, size, 1.0)
     lut = unmeasured_table(space)
     for config in random_configs(space, 30):
         keys = lut.keys(config)  # a KeyError in `predict` would mean a signature never measured
@@ -79,7 +80,7 @@ def test_table_keys_cover_every_config(name: str, size: int) -> None:
 @pytest.mark.parametrize(("name", "size"), CASES)
 def test_conv_signatures_are_what_the_subnet_runs(name: str, size: int) -> None:
     """Channels, kernel, stride, groups and input size of every conv, as hooks see them run."""
-    space = ss.create_space(name, 10, 3, size)
+    space = create_description(name, 10, 3, size, 1.0)
     config = random_configs(space, 1)[2]
     ran: list[str] = []
 
@@ -100,7 +101,7 @@ def test_conv_signatures_are_what_the_subnet_runs(name: str, size: int) -> None:
 
 @pytest.mark.filterwarnings("ignore:latency table.*busy")  # 1 run per op: the fit may well be noise
 def test_resnet20_table_is_complete_and_predicts_deterministically() -> None:
-    space = ss.create_space("resnet20", 10, 3, 16, 0.25)
+    space = create_description("resnet20", 10, 3, 16, 0.25)
     lut = build_latency_table(space, batch=1, threads=1, warmup=0, runs=1, calibration=3, progress=False)
     configs = random_configs(space, 50)
     predictions = [lut.predict(c) for c in configs]
@@ -138,7 +139,7 @@ def test_save_load_round_trip(table: LatencyTable, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "other", [{"space": ss.create_space("resnet20", 10, 3, 16, 0.25)}, {"batch": 1}, {"threads": 2}]
+    "other", [{"space": create_description("resnet20", 10, 3, 16, 0.25)}, {"batch": 1}, {"threads": 2}]
 )  # fmt: skip
 def test_table_for_other_settings_is_refused(table: LatencyTable, tmp_path: Path, other: dict) -> None:
     path = tmp_path / "latency.json"

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import search_spaces as ss
-from metaprune.pruningnet import PruningNet, PruningNetConfig
+from metaprune.graph_pruningnet import GraphPruningNet, _Sliced
+from metaprune.pruningnet import PruningNetConfig
 from metaprune.score import recalibrate_bn
 
-CASES = [(name, size) for name in ss.list_spaces("chain") for size in ss.get_family(name).resolutions]
+CASES = [(name, size) for name in ss.list_spaces("described") for size in ss.get_family(name).resolutions]
 # Full-size generators of the ImageNet networks need gigabytes (32x every weight); the generic code
 # path is the same at a quarter width and 64x64 inputs, which keeps the suite within minutes on CPU.
 SMALL = {"resnet50": 0.25, "mobilenet_v1": 0.25, "mobilenet_v2": 0.25}
@@ -32,7 +33,7 @@ def test_extracted_subnet_equals_pruningnet(name: str, size: int, affine: bool) 
     size = min(size, 64)
     space = ss.create_space(name, num_classes=10, in_channels=3, resolution=size, width_mult=SMALL.get(name, 1.0))
     torch.manual_seed(0)
-    net = PruningNet(space, PruningNetConfig(hidden=8, bn_affine=affine))
+    net = GraphPruningNet(space, PruningNetConfig(hidden=8, bn_affine=affine))
     with torch.no_grad():
         randomise_bn(net, 1)
         for p in net.parameters():  # move off the initial values so generators really depend on width
@@ -43,32 +44,35 @@ def test_extracted_subnet_equals_pruningnet(name: str, size: int, affine: bool) 
     for config in [space.largest] + [ss.sample(space, rng) for _ in range(19)]:
         expected = net(x, config)
         subnet = net.extract(config).eval()
-        assert type(subnet) is ss.Network and not any(isinstance(m, PruningNet) for m in subnet.modules())
+        assert not any(isinstance(m, _Sliced) for m in subnet.modules())  # standard layers only
         torch.testing.assert_close(subnet(x), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_generated_weights_depend_on_width_and_are_cropped() -> None:
     space = ss.create_space("resnet20", resolution=8, width_mult=0.5)
-    net = PruningNet(space)
+    net = GraphPruningNet(space)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
     a, b = space.largest, ss.sample(space, np.random.default_rng(0))
-    wa = net.extract(a).layers.stem.conv.weight
-    wb = net.extract(b).layers.stem.conv.weight
-    assert wb.shape[0] == space.channels("stage1", b) < wa.shape[0]
+    wa = net.extract(a).get_submodule("layers.stem.conv").weight
+    wb = net.extract(b).get_submodule("layers.stem.conv").weight
+    assert wb.shape[0] == space.describe(b)["stage1"] < wa.shape[0]
     assert not torch.allclose(wa[: wb.shape[0]], wb)  # the generator sees the width, not just a crop
 
 
-def test_each_width_choice_has_its_own_batchnorm() -> None:
+def test_training_a_configuration_updates_the_statistics_of_its_kept_channels_only() -> None:
+    """One full-width BatchNorm per layer, sliced: with non-affine BNs (the default) training is what
+    one BatchNorm per width choice gives (batch statistics), and the search re-calibrates the
+    running statistics of every candidate anyway."""
     space = ss.create_space("resnet20", resolution=8, width_mult=0.5)
-    net = PruningNet(space).train()
-    choices = net.net.layers.stem.bn.norms
-    before = [n.running_mean.clone() for n in choices]
-    config = list(space.smallest)
-    net(torch.randn(4, 3, 8, 8), tuple(config))
-    changed = [not torch.equal(b, n.running_mean) for b, n in zip(before, choices)]
-    assert changed == [True] + [False] * (len(choices) - 1)
+    net = GraphPruningNet(space).train()
+    norm = net.net.get_submodule("layers.stem.bn").norm
+    before = norm.running_mean.clone()
+    net(torch.randn(4, 3, 8, 8), space.smallest)
+    kept = space.describe(space.smallest)["stage1"]
+    changed = (norm.running_mean != before).tolist()
+    assert changed == [True] * kept + [False] * (len(changed) - kept)
 
 
 def test_recalibrate_bn_gives_the_exact_average_of_batches() -> None:

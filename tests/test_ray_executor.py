@@ -21,7 +21,8 @@ import torch
 
 import search_spaces
 from metaprune.data import Normalizer, synthetic
-from metaprune.pruningnet import PruningNet, PruningNetConfig
+from metaprune.graph_pruningnet import GraphPruningNet
+from metaprune.pruningnet import PruningNetConfig
 from metaprune.score import ScoreConfig, ScorerSpec
 from nas.executors import InProcessExecutor, Scored, Task
 from nas.ray_executor import RayExecutor, plan_actors
@@ -35,10 +36,10 @@ def tiny_spec() -> ScorerSpec:
     """A half-width ResNet-20 on 16x16 synthetic images; untrained, which changes nothing about scoring."""
     space = search_spaces.create_space("resnet20", num_classes=4, in_channels=3, resolution=16, width_mult=0.5)
     torch.manual_seed(0)
-    net = PruningNet(space, PruningNetConfig(hidden=8))
+    net = GraphPruningNet(space, PruningNetConfig(hidden=8))
     data = synthetic(n=256, classes=4, size=16, seed=0)
     return ScorerSpec(
-        space=space.to_dict(),
+        space=search_spaces.space_payload(space),
         pruningnet=PruningNetConfig(hidden=8),
         weights=net.state_dict(),
         calibration=data.train.images[:64],
@@ -50,7 +51,7 @@ def tiny_spec() -> ScorerSpec:
 
 
 def candidates(count: int, seed: int = 0) -> list[Task]:
-    space = search_spaces.SearchSpace.from_dict(tiny_spec().space)
+    space = search_spaces.space_from_payload(tiny_spec().space)
     rng = np.random.default_rng(seed)
     return [Task(slot, search_spaces.sample(space, rng)) for slot in range(100, 100 + count)]
 

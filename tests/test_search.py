@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 import search_spaces as ss
-from metaprune.latency import LatencyTable
+from metaprune.graph_latency import GraphLatencyTable
 from tests.conftest import cli, finetuned_top1, scored_configs, study_trials
 from tests.test_cli import assert_clean_error
 from tests.test_latency import assert_report_adds_up
@@ -134,7 +134,7 @@ def test_a_database_storage_url_holds_the_studies_of_several_runs(trained_run: P
     exported = cli("export", "--storage", url, "--trial", "3", run_dir=tmp_path / "first", sets=["name=first"], inprocess=True)
     assert exported.returncode == 0, exported.stderr
     arch = json.loads((tmp_path / "first" / "export" / "trial-3" / "architecture.json").read_text())
-    space = ss.SearchSpace.from_dict(arch["space"])
+    space = ss.space_from_payload({"graph": arch["recipe"], "order": arch["order"]})
     assert space.from_channels(arch["config"]) == tuple(trials[3].params.values())  # the database's trial 3
     assert arch["flops"] == trials[3].user_attrs["flops"]
 
@@ -177,7 +177,8 @@ def test_latency_budget_is_a_constraint_like_flops(trained_run: Path, tmp_path: 
     summary = json.loads((run_dir / "summary.json").read_text())["search"]
     assert summary["latency"]["max_latency_ms"] == cap and summary["latency"]["best_predicted_ms"] <= cap
     assert summary["latency"]["table_check"]["configs"]  # its figures, recomputed from the table on disk:
-    assert_report_adds_up(summary["latency"]["table_check"], LatencyTable.load(table_file))
+    space = ss.create_space("resnet20", 4, 3, 16, 0.5, channel_multiple=4)  # the run's: tests.conftest.FAST
+    assert_report_adds_up(summary["latency"]["table_check"], GraphLatencyTable.load(table_file, space))
     trials = study_trials(run_dir)
     for trial in trials:
         ok = trial.user_attrs["latency_ms"] <= cap and trial.constraints["flops_over_budget"] <= 0

@@ -1,5 +1,6 @@
-"""Every registered chain family: analytic costs equal thop, operators stay valid, JSON round-trips
-(the graph families of `search_spaces.zoo`: `tests/test_zoo.py`)."""
+"""Every described family (a chain description, traced): the traced space keeps the description's
+genes, FLOPs and outputs, analytic costs equal thop, operators stay valid, the description
+round-trips through JSON (the module families of `search_spaces.zoo`: `tests/test_zoo.py`)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,44 @@ import thop
 import torch
 
 import search_spaces as ss
+from search_spaces._registry import create_description
+from tests.test_graph import _prefix_pruned
 
-CASES = [(name, size) for name in ss.list_spaces("chain") for size in ss.get_family(name).resolutions]
+CASES = [(name, size) for name in ss.list_spaces("described") for size in ss.get_family(name).resolutions]
 
 
-def configs(space: ss.SearchSpace, count: int, seed: int = 0) -> list[ss.Config]:
+def configs(space: ss.GeneSpace, count: int, seed: int = 0) -> list[ss.Config]:
     rng = np.random.default_rng(seed)
     return [space.largest, space.smallest] + [ss.sample(space, rng) for _ in range(count - 2)]
 
 
 @pytest.mark.parametrize(("name", "size"), CASES)
-def test_analytic_costs_equal_thop(name: str, size: int) -> None:
-    space = ss.create_space(name, num_classes=10, in_channels=3, resolution=size)
-    for config in configs(space, 20):
-        subnet = ss.build_subnet(space, config).eval()
+def test_the_traced_family_keeps_its_descriptions_genes_flops_and_outputs(name: str, size: int) -> None:
+    """What the chain code gave before the families moved onto the graph: the description's genes
+    (names, order, choices, ties), the FLOPs thop counts on the description's subnet, and the output
+    of that subnet holding the first channels of the full network's weights."""
+    width = 0.25 if size > 32 else 0.5
+    space = ss.create_space(name, 10, 3, size, width, channel_multiple=4)
+    described = create_description(name, 10, 3, size, width, channel_multiple=4)
+    assert [(g.name, g.base, g.choices) for g in space.genes] == [(g.name, g.base, g.choices) for g in described.genes]
+    torch.manual_seed(0)
+    for module in space.module.modules():  # trained-like statistics: a prefix of them must carry over
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2), module.weight.data.uniform_(0.5, 1.5)
+    network = ss.build_subnet(described, described.largest)
+    network.load_state_dict(space.module.state_dict())
+    x = torch.randn(2, 3, min(size, 64), min(size, 64))
+    for config in configs(described, 20):
+        subnet = ss.build_subnet(described, config).eval()
         macs, params = thop.profile(subnet, (torch.zeros(1, 3, size, size),), verbose=False)
-        assert (int(macs), int(params)) == (ss.flops(space, config), ss.params(space, config)), config
-        assert int(params) == sum(p.numel() for p in subnet.parameters())
+        assert (ss.flops(space, config), ss.params(space, config)) == (int(macs), int(params)), config
+        expected = _prefix_pruned(network, described, config).eval()(x)
+        torch.testing.assert_close(ss.build_subnet(space, config).eval()(x), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(("name", "size"), CASES)
 def test_space_round_trips_through_json(name: str, size: int) -> None:
-    space = ss.create_space(name, num_classes=7, in_channels=1, resolution=size)
+    space = create_description(name, num_classes=7, in_channels=1, resolution=size, width_mult=1.0)
     assert ss.SearchSpace.from_dict(__import__("json").loads(space.to_json())) == space
     config = configs(space, 3)[2]
     assert space.from_channels(space.describe(config)) == config

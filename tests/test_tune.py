@@ -41,7 +41,7 @@ FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 KILLED_IMAGES = 1024  # longer epochs in the restore test, so the kill lands mid-experiment
 
 
-def space() -> ss.SearchSpace:
+def space() -> ss.GraphSpace:
     return ss.create_space("resnet20", num_classes=4, in_channels=3, resolution=16, width_mult=0.25)
 
 
@@ -51,14 +51,14 @@ def candidates(inherit: bool = False) -> list[TrialStart]:
     found = [TrialStart(f"w{round(100 * f):03d}", tuple(round(f * (len(g.choices) - 1)) for g in genes)) for f in FRACTIONS]
     if inherit:
         torch.manual_seed(1)
-        found[-1].initial = ss.build_subnet(space(), found[-1].config).state_dict()
+        found[-1].initial = ss.fresh_subnet(space(), found[-1].config).state_dict()
     return found
 
 
 def make_spec(images: int = 256) -> TuneSpec:
     splits = synthetic(n=images, classes=4, size=16)
     return TuneSpec(
-        space=space().to_dict(),
+        space=ss.space_payload(space()),
         train=splits.train,
         validation=splits.test,
         normalizer=Normalizer.fit(splits.train.images),
@@ -87,7 +87,7 @@ def result_lines(storage: Path) -> dict[str, str]:
 def trained_weights(candidate: TrialStart, spec: TuneSpec, stops: list[int | None], checkpoint: Path) -> dict[str, torch.Tensor]:
     """The candidate trained in this process as a trial trains it, stopping at each of `stops` in turn."""
     torch.manual_seed(spec.seed)
-    model = ss.build_subnet(space(), candidate.config)
+    model = ss.fresh_subnet(space(), candidate.config)
     if candidate.initial is not None:
         model.load_state_dict(candidate.initial)
     for stop in stops:

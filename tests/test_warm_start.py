@@ -9,15 +9,17 @@ import torch
 
 import search_spaces as ss
 from metaprune import filter_prune
-from metaprune.importance import RANKINGS, channel_ranking, crop, order_channels
-from metaprune.pruningnet import PruningNet, PruningNetConfig, warm_start
+from metaprune.graph_importance import RANKINGS, class_scores, ordered_space
+from metaprune.graph_pruningnet import GraphPruningNet
+from metaprune.importance import crop
+from metaprune.pruningnet import PruningNetConfig
 from tests.test_filter_prune import _trained_like as trained_like  # random weights, non-trivial BN
 
-FAMILIES = ss.list_spaces("chain")
+FAMILIES = ss.list_spaces("described")
 SMALL = {"resnet50": 0.125, "mobilenet_v2": 0.25, "mobilenet_v1": 0.25}  # every family at a size that runs in a second
 
 
-def space_of(family: str, multiple: int = 1) -> ss.SearchSpace:
+def space_of(family: str, multiple: int = 1) -> ss.GraphSpace:
     return ss.create_space(family, 10, 3, 32, SMALL.get(family, 0.5), multiple)
 
 
@@ -28,24 +30,24 @@ def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", RANKINGS)
-def test_the_importance_ordered_network_computes_what_the_original_computes(family: str, method: str) -> None:
+def test_the_importance_order_keeps_each_genes_best_scored_channels_first(family: str, method: str) -> None:
     space = space_of(family)
     model = trained_like(space)
-    ranking = channel_ranking(space, model, method)
-    assert any(not torch.equal(order, torch.arange(len(order))) for order in ranking.values())  # a real permutation
-    ordered = order_channels(space, model, ranking)
+    ordered, scores = ordered_space(space, model, method), class_scores(space, model, method)
+    assert any(not np.array_equal(a, b) for a, b in zip(ordered.order, space.order))  # a real permutation
+    for gene in range(len(space.genes)):
+        for row in ordered.segments(gene):  # each tied group ranked on its own
+            assert (np.diff(scores[row]) <= 0).all()
     x = torch.randn(3, 3, 32, 32)
-    torch.testing.assert_close(outputs(ordered, x), outputs(model, x), atol=1e-5, rtol=1e-5)
-    # and its channels are in order: the first channel of every gene is the one ranked first
-    assert all(torch.equal(o, torch.arange(len(o))) for o in channel_ranking(space, ordered, method).values())
+    torch.testing.assert_close(outputs(crop(ordered, model, ordered.largest), x), outputs(model, x), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_before_training_a_warm_pruningnet_generates_the_l1_pruned_trained_network(family: str) -> None:
     space = space_of(family)
     model = trained_like(space)
-    net = PruningNet(space, PruningNetConfig(hidden=8, bn_affine=True))
-    warm_start(net, order_channels(space, model, channel_ranking(space, model)))
+    net = GraphPruningNet(ordered_space(space, model), PruningNetConfig(hidden=8, bn_affine=True))
+    net.warm_from(model)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(outputs(net.extract(space.largest), x), outputs(model, x), atol=1e-5, rtol=1e-5)
     rng = np.random.default_rng(0)
@@ -62,16 +64,16 @@ def test_before_training_a_warm_pruningnet_generates_the_l1_pruned_trained_netwo
 def test_a_warm_start_needs_affine_batchnorms_and_the_space_s_full_network() -> None:
     space = space_of("resnet20")
     with pytest.raises(ValueError, match="bn_affine"):
-        warm_start(PruningNet(space, PruningNetConfig(8, bn_affine=False)), trained_like(space))
+        GraphPruningNet(space, PruningNetConfig(8, bn_affine=False)).warm_from(trained_like(space))
     with pytest.raises(ValueError, match="'layers.s1b3.body.0.conv.weight' is not part of the full 'resnet20' network"):
-        warm_start(PruningNet(space, PruningNetConfig(8, bn_affine=True)), trained_like(space_of("resnet56")))
+        GraphPruningNet(space, PruningNetConfig(8, bn_affine=True)).warm_from(trained_like(space_of("resnet56")))
     narrower = trained_like(ss.create_space("resnet20", 10, 3, 32, 0.25))
     with pytest.raises(ValueError, match=r"'layers.stem.conv.weight' has shape \(4, 3, 3, 3\), expected \(8, 3, 3, 3\)"):
-        warm_start(PruningNet(space, PruningNetConfig(8, bn_affine=True)), narrower)
+        GraphPruningNet(space, PruningNetConfig(8, bn_affine=True)).warm_from(narrower)
 
 
-def test_crop_takes_the_prefix_of_every_tensor() -> None:
-    space = space_of("resnet20")
+def test_a_described_familys_crop_takes_the_prefix_of_every_tensor() -> None:
+    space = space_of("resnet50")  # with its tied bottleneck widths
     model = trained_like(space)
     config = ss.sample(space, np.random.default_rng(4))
     sub = crop(space, model, config)

@@ -18,7 +18,7 @@ from search_spaces import zoo
 from tests.conftest import cli
 from tests.test_graph import configs, thop_count
 
-GRAPH = ss.list_spaces("graph")
+GRAPH = ss.list_spaces("module")
 CASES = [(name, size) for name in GRAPH for size in ss.get_family(name).resolutions]
 # narrow enough to keep the suite fast; the structure (and so every count and crop) is the full one's
 WIDTH = {32: 0.25, 224: 0.125}
@@ -42,7 +42,7 @@ def family_space(name: str, size: int) -> ss.GraphSpace:
 
 def test_every_lightweight_family_of_the_field_is_registered_for_both_input_sizes() -> None:
     assert set(GRAPH) == {"nin", "vgg11", "vgg16", "inception", "squeezenet", "shufflenet_v2", "mobilenet_v3"}
-    assert not set(GRAPH) & set(ss.list_spaces("chain"))
+    assert not set(GRAPH) & set(ss.list_spaces("described"))
     for name in GRAPH:
         assert ss.get_family(name).resolutions == (32, 224)
 
@@ -84,7 +84,7 @@ def test_the_extracted_subnet_equals_the_pruningnets_output(name: str, size: int
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
 
 
-@pytest.mark.parametrize("name", GRAPH)
+@pytest.mark.parametrize("name", ss.list_spaces())  # the described families too: every one is a graph
 def test_onnx_runtime_runs_a_subnet_and_matches_pytorch(name: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 

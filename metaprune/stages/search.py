@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Union
 
 from metaprune.choice import require_pruningnet, scorer_spec
 from metaprune.context import Context
 from metaprune.errors import UserError
 from metaprune.graph_latency import GraphLatencyTable, build_graph_latency_table
 from metaprune.io import atomic_write_bytes
-from metaprune.latency import LatencyTable, build_latency_table, lut_accuracy, table_file_name
+from metaprune.latency import lut_accuracy, table_file_name
 from metaprune.results import BestCandidate, CheckedConfig, FrontPoint, LatencyReport, SearchResult, SearchTiming, TableCheck
 from metaprune.run_dir import FRONT_PLOT
 from metaprune.score import ScorerSpec
@@ -23,9 +22,8 @@ from nas.search import SearchOutcome, drive_search
 from nas.searchers import make_searcher
 from nas.storage import redact
 from nas.study import Candidate, StudyRecord, pareto_front
-from search_spaces import GraphSpace
 
-AnyTable = Union[LatencyTable, GraphLatencyTable]
+AnyTable = GraphLatencyTable
 
 
 def run(ctx: Context) -> SearchResult:
@@ -148,10 +146,10 @@ def latency_table(ctx: Context) -> AnyTable:
     cfg, space = ctx.cfg.latency, ctx.space
     path = ctx.dir / table_file_name(cfg.batch, cfg.threads, ctx.device_kind)
     if path.exists():
-        kind = GraphLatencyTable if isinstance(space, GraphSpace) else LatencyTable
-        return kind.load(path, space, cfg.batch, cfg.threads, device=ctx.device_kind)  # type: ignore[arg-type]
-    build = build_graph_latency_table if isinstance(space, GraphSpace) else build_latency_table
-    table = build(space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress)  # type: ignore[arg-type]
+        return GraphLatencyTable.load(path, space, cfg.batch, cfg.threads, device=ctx.device_kind)
+    table = build_graph_latency_table(
+        space, cfg.batch, cfg.threads, ctx.device_kind, cfg.warmup, cfg.runs, progress=ctx.cfg.progress
+    )
     table.save(path)
     return table
 

@@ -25,7 +25,7 @@ def run(ctx: Context) -> BaseResult:
         return summary
     base = ctx.begin()
     torch.manual_seed(ctx.cfg.seed)  # the initial weights are part of what the seed fixes
-    model = ss.build_subnet(ctx.space, ctx.space.largest).to(ctx.device)
+    model = ss.fresh_subnet(ctx.space, ctx.space.largest).to(ctx.device)
     data = ctx.prepared
     result = train(
         model, lambda x, step: model(x), data.train, data.normalizer, ctx.cfg.base, seed=ctx.cfg.seed,
