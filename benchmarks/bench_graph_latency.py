@@ -1,6 +1,6 @@
 """How well the traced spaces' latency table predicts whole subnets (`metaprune.graph_latency`).
 
-For each graph family (and any `--family` given), at the given input size and width: build the
+For each registered family (or each `--family` given), at the given input size and width: build the
 table on this machine (batch, threads as given), then time random configurations as whole subnets
 in interleaved rounds and compare: MAPE, the worst error and Kendall's tau between predicted and
 measured. Run it alone on a quiet machine:
@@ -15,55 +15,38 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import search_spaces as ss  # noqa: E402
 from metaprune.graph_latency import build_graph_latency_table  # noqa: E402
-from metaprune.latency import build_latency_table, device_description, lut_accuracy  # noqa: E402
+from metaprune.latency import device_description, lut_accuracy  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", action="append", help="a graph family (default: every one)")
+    parser.add_argument("--family", action="append", help="a registered family (default: every one)")
     parser.add_argument("--size", type=int, default=32, help="input height and width")
     parser.add_argument("--width", type=float, default=0.5, help="the family's width multiplier")
     parser.add_argument("--batch", type=int, default=1, help="batch the table and the check are timed at")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--configs", type=int, default=12, help="random configurations checked per family")
-    parser.add_argument("--chain", action="append", default=[], help="also a registered chain family (resnet20, ...): "
-                        "its own table and the graph table of the same network traced, side by side")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
     rows = []
-    spaces: list[tuple[str, ss.SearchSpace | ss.GraphSpace]] = []
-    for name in args.family or ss.list_spaces("module"):
-        spaces.append((name, ss.create_space(name, 10, 3, args.size, args.width)))
-    for name in args.chain:
-        chain = ss.create_space(name, 10, 3, args.size, args.width)
-        assert isinstance(chain, ss.SearchSpace), name
-        example = torch.zeros(1, 3, args.size, args.size)
-        spaces += [
-            (f"{name} (chain table)", chain),
-            (f"{name} traced", ss.from_module(ss.build_subnet(chain, chain.largest), example)),
-        ]
-    for name, space in spaces:
+    for name in args.family or ss.list_spaces():
+        space = ss.create_space(name, 10, 3, args.size, args.width)
         start = time.perf_counter()
-        if isinstance(space, ss.GraphSpace):
-            table: Any = build_graph_latency_table(space, args.batch, args.threads, progress=False)
-        else:
-            table = build_latency_table(space, args.batch, args.threads, progress=False)
+        table = build_graph_latency_table(space, args.batch, args.threads, progress=False)
         built_s = time.perf_counter() - start
         rng = np.random.default_rng(0)
         configs = [space.largest, space.smallest, *(ss.sample(space, rng) for _ in range(args.configs))]
         check = lut_accuracy(space, table, configs, threads=args.threads)
         measured = [row["measured_ms"] for row in check["configs"]]
         row = {
-            "family": name, "ops": len(getattr(table, "ops", getattr(table, "_slots", []))), "timings": len(table.entries),
+            "family": name, "ops": len(table.ops), "timings": len(table.entries),
             "build_s": round(built_s, 1),
             "mape_pct": round(check["mape_pct"], 2), "max_error_pct": round(check["max_error_pct"], 2),
             "kendall_tau": round(check["kendall_tau"], 3), "measured_ms": [round(min(measured), 3), round(max(measured), 3)],

@@ -6,14 +6,10 @@ therefore looks every layer up in a table measured once per space, batch and thr
 searchers price thousands of candidates for free.
 
 Two modules, one import path: `metaprune.timing` measures (models, ONNX files, whole subnets) and
-`metaprune.latency_table` builds the table on top of it; this module gathers the names of both.
+`metaprune.latency_table` holds what the table (`metaprune.graph_latency`) shares; this module gathers both.
 """
 
 from metaprune.latency_table import (
-    FORMAT,
-    LatencyTable,
-    _signatures,
-    build_latency_table,
     device_kind,
     kendall_tau,
     lut_accuracy,
@@ -32,12 +28,8 @@ from metaprune.timing import (
 )
 
 __all__ = [
-    "FORMAT",
     "LatencyConfig",
     "LatencyResult",
-    "LatencyTable",
-    "_signatures",
-    "build_latency_table",
     "device_description",
     "device_kind",
     "device_sync",

@@ -22,7 +22,7 @@ import torch
 
 import search_spaces as ss
 from metaprune.deploy import onnx_session
-from search_spaces import Config, GraphSpace, SearchSpace
+from search_spaces import Config, GraphSpace
 
 
 @dataclass
@@ -122,7 +122,7 @@ def device_description(device: str) -> str:
 
 
 def measure_subnets(
-    space: SearchSpace | GraphSpace, configs: list[Config], batch: int, threads: int, warmup: int = 10, runs: int = 30,
+    space: GraphSpace, configs: list[Config], batch: int, threads: int, warmup: int = 10, runs: int = 30,
     device: str = "cpu", rounds: int = 5,
 ) -> list[float]:  # fmt: skip
     """The fastest run of each config's subnet in ms, timed in interleaved rounds: load changes hit all alike.

@@ -89,7 +89,12 @@ def graph_space(
     given = recipe["model"]
     if isinstance(given, str):
         given = absolute_spec(given)
-    model = load_model(given, num_classes, recipe.get("kwargs")) if isinstance(given, str) else given
+    if isinstance(given, str):
+        with torch.random.fork_rng(devices=[]):  # a fixed init, and the caller's random state left alone
+            torch.manual_seed(0)
+            model = load_model(given, num_classes, recipe.get("kwargs"))
+    else:
+        model = given
     name = recipe.get("name") or (_spec_name(given) if isinstance(given, str) else type(given).__name__)
     with warnings.catch_warnings():
         if quiet:  # a rebuild elsewhere: the first build warned already

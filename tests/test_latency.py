@@ -1,10 +1,9 @@
-"""Latency: timing helpers, and the per-op lookup table (coverage, prediction, files, accuracy)."""
+"""Latency: timing helpers, the fit of a table to whole subnets, and a measured table on a traced
+space with every kind of op (the graph table's coverage and files: `tests/test_graph_latency.py`)."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,10 @@ import torch
 from torch import nn
 
 import search_spaces as ss
-from metaprune.errors import UserError
+from metaprune.graph_latency import GraphLatencyTable, build_graph_latency_table
 from metaprune.latency import (
     LatencyConfig,
     LatencyResult,
-    LatencyTable,
-    build_latency_table,
     kendall_tau,
     lut_accuracy,
     measure_ms,
@@ -28,12 +25,10 @@ from metaprune.latency import (
 )
 from metaprune.latency_table import fit_overhead_and_scale
 from search_spaces import Classifier, ConvLayer, Gene, MaxPool, ResidualBlock, SearchSpace
-from search_spaces._registry import create_description
-
-CASES = [(name, min(ss.get_family(name).resolutions)) for name in ss.list_spaces("described")]
+from search_spaces._build import gene_paths
 
 
-def every_op_space() -> SearchSpace:
+def every_op_space() -> ss.GraphSpace:
     """Two genes far apart (4 or 64 channels) and every kind of op: times differ ~10x."""
     genes = (Gene("a", 64, (4, 64)), Gene("b", 64, (4, 64)))
     layers = (
@@ -48,68 +43,20 @@ def every_op_space() -> SearchSpace:
             act="relu",
         ),
     )
-    return SearchSpace("every_op", 3, 32, genes, layers, Classifier("fc", "b", 10))
-
-
-def random_configs(space: SearchSpace, count: int, seed: int = 0) -> list[ss.Config]:
-    rng = np.random.default_rng(seed)
-    return [space.largest, space.smallest] + [ss.sample(space, rng) for _ in range(count)]
-
-
-def unmeasured_table(space: SearchSpace) -> LatencyTable:
-    """A table with every entry 1 ms: for coverage checks that need no timing."""
-    from metaprune.latency import _signatures
-
-    return LatencyTable(space, 1, 1, "none", {key: 1.0 for key in _signatures(space)})
+    described = SearchSpace("every_op", 3, 32, genes, layers, Classifier("fc", "b", 10))
+    network = ss.build_subnet(described, described.largest)
+    example = torch.zeros(1, 3, 32, 32)
+    space = ss.from_module(network, example, "every_op", scales=(4 / 64, 1.0), genes=gene_paths(described), only_named=True)
+    assert [(g.name, g.choices) for g in space.genes] == [("a", (4, 64)), ("b", (4, 64))]
+    return space
 
 
 @pytest.fixture(scope="module")
-def table() -> LatencyTable:
-    return build_latency_table(every_op_space(), batch=8, threads=1, warmup=1, runs=3, calibration=4, progress=False)
+def table() -> GraphLatencyTable:
+    return build_graph_latency_table(every_op_space(), batch=8, threads=1, warmup=1, runs=3, calibration=4, progress=False)
 
 
-@pytest.mark.parametrize(("name", "size"), CASES)
-def test_table_keys_cover_every_config(name: str, size: int) -> None:
-    space = create_description(name, 10, 3, size, 1.0)
-    lut = unmeasured_table(space)
-    for config in random_configs(space, 30):
-        keys = lut.keys(config)  # a KeyError in `predict` would mean a signature never measured
-        assert lut.predict(config) == len(keys) and set(keys) <= set(lut.entries)
-
-
-@pytest.mark.parametrize(("name", "size"), CASES)
-def test_conv_signatures_are_what_the_subnet_runs(name: str, size: int) -> None:
-    """Channels, kernel, stride, groups and input size of every conv, as hooks see them run."""
-    space = create_description(name, 10, 3, size, 1.0)
-    config = random_configs(space, 1)[2]
-    ran: list[str] = []
-
-    def record(conv: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
-        assert isinstance(conv, nn.Conv2d)
-        shape = f"k{conv.kernel_size[0]} s{conv.stride[0]}{' dw' if conv.groups > 1 else ''} {inputs[0].shape[-1]}px"
-        ran.append(f"conv {conv.in_channels}>{conv.out_channels} {shape}")
-
-    subnet = ss.build_subnet(space, config).eval()
-    for module in subnet.modules():
-        if isinstance(module, nn.Conv2d):
-            module.register_forward_hook(record)
-    with torch.inference_mode():
-        subnet(torch.zeros(1, 3, size, size))
-    predicted = [key.rsplit(" ", 1)[0] for key in unmeasured_table(space).keys(config) if key.startswith("conv")]
-    assert Counter(predicted) == Counter(ran)
-
-
-@pytest.mark.filterwarnings("ignore:latency table.*busy")  # 1 run per op: the fit may well be noise
-def test_resnet20_table_is_complete_and_predicts_deterministically() -> None:
-    space = create_description("resnet20", 10, 3, 16, 0.25)
-    lut = build_latency_table(space, batch=1, threads=1, warmup=0, runs=1, calibration=3, progress=False)
-    configs = random_configs(space, 50)
-    predictions = [lut.predict(c) for c in configs]
-    assert all(p > 0 and np.isfinite(p) for p in predictions)
-    assert predictions == [lut.predict(c) for c in configs]
-
-
-def test_smallest_is_predicted_and_measured_faster(table: LatencyTable) -> None:
+def test_smallest_is_predicted_and_measured_faster(table: GraphLatencyTable) -> None:
     space = table.space
     assert table.predict(space.smallest) * 3 < table.predict(space.largest)
     smallest, largest = measure_subnets(space, [space.smallest, space.largest], 8, 1, warmup=1, runs=10)
@@ -119,7 +66,7 @@ def test_smallest_is_predicted_and_measured_faster(table: LatencyTable) -> None:
     assert_report_adds_up(report, table)
 
 
-def assert_report_adds_up(report: dict, table: LatencyTable) -> None:
+def assert_report_adds_up(report: dict, table: GraphLatencyTable) -> None:
     """A table check's figures, recomputed here from its rows: each prediction is the table's for that
     configuration, each error is predicted against measured, MAPE and the worst error are theirs."""
     rows = report["configs"]
@@ -128,49 +75,6 @@ def assert_report_adds_up(report: dict, table: LatencyTable) -> None:
     assert [row["error_pct"] for row in rows] == pytest.approx(errors)
     assert report["mape_pct"] == pytest.approx(sum(abs(e) for e in errors) / len(errors))
     assert report["max_error_pct"] == pytest.approx(max(abs(e) for e in errors))
-
-
-def test_save_load_round_trip(table: LatencyTable, tmp_path: Path) -> None:
-    path = tmp_path / "latency.json"
-    table.save(path)
-    loaded = LatencyTable.load(path, table.space, batch=8, threads=1)
-    assert loaded.entries == table.entries and loaded.to_dict() == table.to_dict()
-    assert all(loaded.predict(c) == table.predict(c) for c in random_configs(table.space, 5))
-
-
-@pytest.mark.parametrize(
-    "other", [{"space": create_description("resnet20", 10, 3, 16, 0.25)}, {"batch": 1}, {"threads": 2}]
-)  # fmt: skip
-def test_table_for_other_settings_is_refused(table: LatencyTable, tmp_path: Path, other: dict) -> None:
-    path = tmp_path / "latency.json"
-    table.save(path)
-    wanted = {"space": table.space, "batch": 8, "threads": 1} | other
-    with pytest.raises(UserError, match=f"latency table {path} was measured for space every_op"):
-        LatencyTable.load(path, **wanted)
-
-
-def drop_an_entry(data: dict) -> None:
-    data["entries"].popitem()
-
-
-def change_the_space(data: dict) -> None:
-    data["space"]["genes"][0]["base"] = 96
-
-
-@pytest.mark.parametrize("damage", [drop_an_entry, change_the_space, "truncate", "missing"])
-def test_damaged_table_is_a_user_error(table: LatencyTable, tmp_path: Path, damage: object) -> None:
-    path = tmp_path / "latency.json"
-    table.save(path)
-    if damage == "truncate":
-        path.write_text(path.read_text()[:100])
-    elif damage == "missing":
-        path.unlink()
-    else:
-        data = json.loads(path.read_text())
-        damage(data)  # type: ignore[operator]
-        path.write_text(json.dumps(data))
-    with pytest.raises(UserError, match=f"latency table {path} is damaged"):
-        LatencyTable.load(path)
 
 
 def test_measure_ms_warms_up_and_syncs() -> None:

@@ -6,52 +6,46 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+import search_spaces as ss
 from metaprune.errors import UserError
-from metaprune.latency import LatencyTable, _signatures, build_latency_table, table_file_name
-from search_spaces import Classifier, ConvLayer, Gene, SearchSpace
+from metaprune.graph_latency import GraphLatencyTable, build_graph_latency_table
+from metaprune.latency import table_file_name
 
 
-def tiny_space() -> SearchSpace:
-    return SearchSpace("tiny", 3, 8, (Gene("a", 8, (4, 8)),), (ConvLayer("stem", 3, "a"),), Classifier("fc", "a", 2))
+def tiny_space() -> ss.GraphSpace:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
+    return ss.from_module(model, torch.zeros(1, 3, 8, 8), name="tiny", scales=(0.5, 1.0))
 
 
-def table_on(device_type: str, description: str) -> LatencyTable:
-    space = tiny_space()
-    return LatencyTable(space, 1, 1, description, {key: 1.0 for key in _signatures(space)}, device_type=device_type)
+def table_on(device_type: str, description: str) -> GraphLatencyTable:
+    table = GraphLatencyTable(tiny_space(), 1, 1, description, {}, device_type=device_type)
+    table.entries = {op.key(p): 1.0 for op in table.ops for p in op.points()}
+    return table
 
 
 def test_a_cpu_table_is_refused_for_a_gpu_and_the_other_way(tmp_path: Path) -> None:
     path = tmp_path / "table.json"
     table_on("cpu", "Some CPU, 2 cores, torch 2.13").save(path)
-    assert LatencyTable.load(path, tiny_space(), 1, 1, "cpu").device_type == "cpu"
+    assert GraphLatencyTable.load(path, tiny_space(), 1, 1, "cpu").device_type == "cpu"
     with pytest.raises(UserError, match=r"threads 1 on cpu, not .* threads 1 on cuda; delete it"):
-        LatencyTable.load(path, tiny_space(), 1, 1, "cuda")
+        GraphLatencyTable.load(path, tiny_space(), 1, 1, "cuda")
     table_on("cuda", "NVIDIA H200, torch 2.13").save(path)
-    assert LatencyTable.load(path, tiny_space(), 1, 1, "cuda:0").device_type == "cuda"  # any GPU index: the kind
+    assert GraphLatencyTable.load(path, tiny_space(), 1, 1, "cuda:0").device_type == "cuda"  # any GPU index: the kind
     with pytest.raises(UserError, match="on cuda, not"):
-        LatencyTable.load(path, tiny_space(), 1, 1, "cpu")
-    assert LatencyTable.load(path, tiny_space(), 1, 1).device_type == "cuda"  # no device given: not checked
-
-
-LEGACY = [("Some CPU, 16 cores, torch 2.13", "cpu"), ("NVIDIA H200, torch 2.13", "cuda")]
-
-
-@pytest.mark.parametrize(("description", "kind"), LEGACY)
-def test_a_table_saved_before_the_kind_was_recorded_gets_it_from_its_description(
-    tmp_path: Path, description: str, kind: str
-) -> None:
-    path = tmp_path / "table.json"
-    data = table_on(kind, description).to_dict()
-    del data["device_type"]
-    path.write_text(json.dumps(data))
-    assert LatencyTable.load(path, tiny_space(), 1, 1, kind).device_type == kind
+        GraphLatencyTable.load(path, tiny_space(), 1, 1, "cpu")
+    assert GraphLatencyTable.load(path, tiny_space(), 1, 1).device_type == "cuda"  # no device given: not checked
 
 
 @pytest.mark.filterwarnings("ignore:latency table")  # too few runs for a fit: not what this checks
-def test_a_measured_table_records_its_device_kind() -> None:
-    table = build_latency_table(tiny_space(), batch=1, threads=1, warmup=0, runs=2, calibration=2, progress=False)
-    assert table.device_type == "cpu" and table.to_dict()["device_type"] == "cpu"
+def test_a_measured_table_records_its_device_kind(tmp_path: Path) -> None:
+    table = build_graph_latency_table(tiny_space(), batch=1, threads=1, warmup=0, runs=2, calibration=2, progress=False)
+    table.save(tmp_path / "table.json")
+    assert table.device_type == "cpu" and json.loads((tmp_path / "table.json").read_text())["device_type"] == "cpu"
 
 
 def test_each_device_kind_has_its_own_file() -> None:

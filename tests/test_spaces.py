@@ -41,6 +41,7 @@ def test_the_traced_family_keeps_its_descriptions_genes_flops_and_outputs(name: 
         subnet = ss.build_subnet(described, config).eval()
         macs, params = thop.profile(subnet, (torch.zeros(1, 3, size, size),), verbose=False)
         assert (ss.flops(space, config), ss.params(space, config)) == (int(macs), int(params)), config
+        assert ss.count(described, config) == ss.count(space, config)  # the description's own count too
         expected = _prefix_pruned(network, described, config).eval()(x)
         torch.testing.assert_close(ss.build_subnet(space, config).eval()(x), expected, rtol=0, atol=1e-5)
 
