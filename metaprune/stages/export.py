@@ -73,7 +73,7 @@ def _quantized(run: Context, chosen: Chosen) -> Path | None:
 
 def export_model(
     model: torch.nn.Module,
-    space: ss.SearchSpace | ss.GraphSpace,
+    space: ss.GraphSpace,
     config: ss.Config,
     normalizer: Normalizer,
     classes: list[str],
@@ -85,7 +85,7 @@ def export_model(
     cost = ss.count(space, config)
     atomic_torch_save(out / "weights.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     files = [str(out / "weights.pt")]
-    if isinstance(space, ss.GraphSpace) and not isinstance(space.recipe.get("model"), str):
+    if not isinstance(space.recipe.get("model"), str):
         # a module handed to metaprune.prune: no code to name, so the check reloads into this process's space
         reloaded: torch.nn.Module = ss.build_graph_subnet(space, config)
         reloaded.load_state_dict(torch.load(out / "weights.pt", map_location="cpu", weights_only=True))
