@@ -241,8 +241,10 @@ class RayExecutor:
             round_.running[self.actors[actor].score_chunk.remote(chunk.tasks)] = (actor, chunk)
 
     def _wait(self, round_: Round) -> list[ray.ObjectRef]:
-        """The next finished chunk or answered probe, waiting at most STALL_TIMEOUT_S."""
-        refs = [*round_.running, *self.probes]
+        """The next answered probe or finished chunk, waiting at most STALL_TIMEOUT_S. Probes first:
+        `ray.wait` returns ready refs in the order given, so behind a stream of finished chunks a
+        restarted actor's answer would wait for the round's end and the actor get no work."""
+        refs = [*self.probes, *round_.running]
         if not refs:
             raise RuntimeError(f"all {len(self.actors)} Ray actors died and Ray gave up restarting them")
         ready, _ = ray.wait(refs, num_returns=1, timeout=STALL_TIMEOUT_S)
