@@ -20,7 +20,7 @@ import search_spaces as ss
 from metaprune import trained
 from metaprune.context import Context
 from metaprune.errors import UserError
-from metaprune.hypernet import make_pruningnet
+from metaprune.graph_pruningnet import GraphPruningNet
 from metaprune.identity import finetune_path, pruningnet_config
 from metaprune.importance import crop
 from metaprune.run_dir import PRUNINGNET
@@ -66,7 +66,7 @@ def scorer_spec(ctx: Context) -> ScorerSpec:
     if whole == 0:
         raise UserError(f"score.calib_batch_size {cfg.calib_batch_size} exceeds the {len(calib)} calibration images; lower it")
     weights = load_trained_weights(require_pruningnet(ctx))
-    load_weights(make_pruningnet(ctx.space, pruningnet_config(ctx)), weights, ctx.dir / PRUNINGNET)  # a clear error if unfit
+    load_weights(GraphPruningNet(ctx.space, pruningnet_config(ctx)), weights, ctx.dir / PRUNINGNET)  # a clear error if unfit
     return ScorerSpec(
         space=ss.space_payload(ctx.space),
         pruningnet=pruningnet_config(ctx),
@@ -119,17 +119,17 @@ def start_model(ctx: Context, config: ss.Config) -> torch.nn.Module:
     if ctx.cfg.finetune.init == "inherit":
         return scorer(ctx).subnet(config).to(ctx.device)
     if ctx.cfg.finetune.init == "filter":
-        return crop(ctx.space, trained.ordered(ctx), config).to(ctx.device)
+        return crop(ctx.space, trained.model(ctx), config).to(ctx.device)
     torch.manual_seed(ctx.cfg.seed)
     return ss.fresh_subnet(ctx.space, config).to(ctx.device)
 
 
 def start_weights(ctx: Context, config: ss.Config, cache: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """A Tune trial's starting weights on the CPU (None: a fresh init); `cache` keeps the scorer or the ordered network."""
+    """A Tune trial's starting weights on the CPU (None: a fresh init); `cache` keeps the scorer or the trained network."""
     if ctx.cfg.finetune.init == "scratch":
         return None
     if "source" not in cache:
-        cache["source"] = scorer(ctx) if ctx.cfg.finetune.init == "inherit" else trained.ordered(ctx)
+        cache["source"] = scorer(ctx) if ctx.cfg.finetune.init == "inherit" else trained.model(ctx)
     if ctx.cfg.finetune.init == "inherit":
         return cache["source"].subnet(config).cpu().state_dict()
     return crop(ctx.space, cache["source"], config).cpu().state_dict()

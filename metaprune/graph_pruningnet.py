@@ -1,7 +1,7 @@
-"""The PruningNet of a traced module (`search_spaces.from_module`): the same hypernetwork as
-`metaprune.pruningnet`, on any graph.
+"""The PruningNet, on any traced graph: every registered family and the user's own module
+(`search_spaces.from_module`); its settings and generator are in `metaprune.pruningnet`.
 
-The user's graph is copied and every conv and linear replaced by a generating layer (a generator
+The graph is copied and every conv and linear replaced by a generating layer (a generator
 fed with its input and output scales, kept channels / full width, producing the full-width weight);
 under a configuration each takes the rows and columns of its kept channels, which need not be a
 prefix (importance order, concatenated branches, shuffles). Each BatchNorm keeps full-width

@@ -15,7 +15,7 @@ from torch import nn
 
 from metaprune.accuracy import top1_percent
 from metaprune.data import ImageData, Normalizer
-from metaprune.hypernet import AnyPruningNet, make_pruningnet
+from metaprune.graph_pruningnet import GraphPruningNet
 from metaprune.pruningnet import PruningNetConfig
 from metaprune.settings import runtime
 from search_spaces import Config, space_from_payload
@@ -74,7 +74,7 @@ def calibration_images(data: ImageData, count: int, seed: int) -> ImageData:
 class Scorer:
     """Scores configurations of one trained PruningNet on fixed calibration and validation data."""
 
-    def __init__(self, pruningnet: AnyPruningNet, calibration: list[torch.Tensor], validation: list[Batch]) -> None:
+    def __init__(self, pruningnet: GraphPruningNet, calibration: list[torch.Tensor], validation: list[Batch]) -> None:
         self.pruningnet = pruningnet.eval()
         self.calibration = calibration
         self.validation = validation
@@ -114,7 +114,7 @@ class ScorerSpec:
 
 def build_scorer(spec: ScorerSpec, device: torch.device | str = "cpu") -> Scorer:
     """The scorer a spec describes, on `device`: the same scores wherever it is built."""
-    net = make_pruningnet(space_from_payload(spec.space), spec.pruningnet)
+    net = GraphPruningNet(space_from_payload(spec.space), spec.pruningnet)
     net.load_state_dict(spec.weights)
     net.to(device)
     size = spec.score.calib_batch_size

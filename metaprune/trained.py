@@ -88,12 +88,6 @@ def model(run: Context) -> torch.nn.Module:
     return network.to(run.device).eval()
 
 
-def ordered(run: Context, network: torch.nn.Module | None = None) -> torch.nn.Module:
-    """The trained full network, as it is: its importance order (`pruningnet.ranking`) is held by
-    the run's space (`run.space`), not by its weights."""
-    return model(run) if network is None else network
-
-
 def identity(run: Context) -> str:
     """A digest of the trained network's weights (cached per file version: cheap to ask again)."""
     path = weights_file(run) or run.dir / BASE

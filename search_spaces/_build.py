@@ -165,21 +165,16 @@ def subnet_from_architecture(arch: dict[str, Any]) -> nn.Module:
     return build_subnet(space, space.from_channels(arch["config"]))
 
 
-def space_payload(space: GeneSpace) -> dict[str, Any]:
-    """What rebuilds `space` in another process (`space_from_payload`): a registered family's
-    description, or a traced module's recipe (fx graph modules do not pickle on this torch)."""
-    if isinstance(space, GraphSpace):
-        return {"graph": space.recipe, "order": [gene.tolist() for gene in space.order]}
-    assert isinstance(space, SearchSpace), type(space)
-    return space.to_dict()
+def space_payload(space: GraphSpace) -> dict[str, Any]:
+    """What rebuilds `space` in another process (`space_from_payload`): its recipe and its order (fx
+    graph modules do not pickle on this torch)."""
+    return {"graph": space.recipe, "order": [gene.tolist() for gene in space.order]}
 
 
-def space_from_payload(payload: dict[str, Any]) -> SearchSpace | GraphSpace:
-    if "graph" in payload:
-        from search_spaces.user import from_recipe
+def space_from_payload(payload: dict[str, Any]) -> GraphSpace:
+    from search_spaces.user import from_recipe
 
-        return from_recipe(payload["graph"], payload.get("order"))
-    return SearchSpace.from_dict(payload)
+    return from_recipe(payload["graph"], payload.get("order"))
 
 
 def load_subnet(directory: str | Path) -> nn.Module:

@@ -23,8 +23,6 @@ from nas.searchers import make_searcher
 from nas.storage import redact
 from nas.study import Candidate, StudyRecord, pareto_front
 
-AnyTable = GraphLatencyTable
-
 
 def run(ctx: Context) -> SearchResult:
     require_pruningnet(ctx)
@@ -60,7 +58,9 @@ def run(ctx: Context) -> SearchResult:
     return summary
 
 
-def _search(ctx: Context, spec: ScorerSpec, table: AnyTable | None) -> tuple[StudyRecord, SearchOutcome, dict[str, object]]:
+def _search(
+    ctx: Context, spec: ScorerSpec, table: GraphLatencyTable | None
+) -> tuple[StudyRecord, SearchOutcome, dict[str, object]]:
     """The searcher driven to its end over the run's study; the pool's report once it is closed."""
     search = ctx.cfg.search
     feasible = None if table is None else lambda config: table.predict(config) <= search.max_latency_ms
@@ -141,7 +141,7 @@ def check_ray_address(ctx: Context) -> None:
         raise UserError(str(exc)) from None
 
 
-def latency_table(ctx: Context) -> AnyTable:
+def latency_table(ctx: Context) -> GraphLatencyTable:
     """The per-layer latency table of this space on this machine (measured once, kept in the run dir)."""
     cfg, space = ctx.cfg.latency, ctx.space
     path = ctx.dir / table_file_name(cfg.batch, cfg.threads, ctx.device_kind)
@@ -154,7 +154,7 @@ def latency_table(ctx: Context) -> AnyTable:
     return table
 
 
-def latency_report(ctx: Context, table: AnyTable, best: Candidate, front: list[Candidate]) -> LatencyReport:
+def latency_report(ctx: Context, table: GraphLatencyTable, best: Candidate, front: list[Candidate]) -> LatencyReport:
     """The budget, the winner's predicted latency, and the table checked against measured whole subnets."""
     checked = [c.config for c in front[:: max(1, len(front) // 5)]][:5]  # up to 5 points spread along the front
     check = lut_accuracy(table.space, table, checked, runs=ctx.cfg.latency.runs, device=ctx.device_kind)

@@ -10,7 +10,7 @@ import search_spaces as ss
 from metaprune import trained
 from metaprune.context import Context
 from metaprune.distill import DistillLoss
-from metaprune.hypernet import AnyPruningNet, make_pruningnet, warm_start
+from metaprune.graph_pruningnet import GraphPruningNet
 from metaprune.identity import meta, pruningnet_config, pruningnet_optim
 from metaprune.results import PruningNetResult
 from metaprune.run_dir import PRUNINGNET
@@ -24,7 +24,7 @@ def run(ctx: Context) -> PruningNetResult:
     ctx.begin()
     cfg, data = pruningnet_optim(ctx), ctx.prepared
     torch.manual_seed(ctx.cfg.seed)  # the initial weights are part of what the seed fixes
-    net = make_pruningnet(ctx.space, pruningnet_config(ctx)).to(ctx.device)
+    net = GraphPruningNet(ctx.space, pruningnet_config(ctx)).to(ctx.device)
     loss_fn = _warm_start(ctx, net) if warm else None
     low, high = ctx.pn_window
 
@@ -44,10 +44,11 @@ def run(ctx: Context) -> PruningNetResult:
     return summary
 
 
-def _warm_start(ctx: Context, net: AnyPruningNet) -> Loss | None:
-    """Generators start at the ordered trained weights; the trained network teaches every width (if distilling)."""
+def _warm_start(ctx: Context, net: GraphPruningNet) -> Loss | None:
+    """Generators start at the trained weights (the space holds their importance order); the trained
+    network teaches every width (if distilling)."""
     teacher = trained.model(ctx)
-    warm_start(net, trained.ordered(ctx, teacher))
+    net.warm_from(teacher)
     if not ctx.cfg.distill.enabled:
         return None
     return DistillLoss([teacher], ctx.cfg.distill, None, ctx.cfg.pruningnet.label_smoothing)
