@@ -21,8 +21,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 as class-per-folder JPEGs")
     parser.add_argument("--rows", default="resnet20,torch_pruning", help="which rows to run")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the resnet20 row (each runs both paths)")
     parser.add_argument("--peer-family", default="mobilenet_v3", help="the traced family of the Torch-Pruning row")
     parser.add_argument("--base-epochs", type=int, default=6, help="train-base epochs of the peer family's network")
     parser.add_argument("--run-dir", default="runs/bench_graph", help="run directories go under it")
@@ -86,22 +90,42 @@ def winner_row(bench: bench_cifar.Bench, run: Run, key: str) -> tuple[dict[str, 
     return found, model
 
 
-def resnet20_rows(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def resnet20_rows(args: argparse.Namespace, root: Path, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Both paths once per seed (training and search seeded alike); the seeds' spread is the noise."""
     paths = {
         "registered": ["space.family=resnet20", f"base.weights={SHARED / 'resnet20_cifar10.metaprune.pt'}"],
         "traced": [f"space.model={SHARED / 'cifar_resnet.py'}:resnet20", f"base.weights={SHARED / 'resnet20_cifar10.pt'}"],
     }
     norm = ["data.mean=[0.4914, 0.4822, 0.4465]", "data.std=[0.2470, 0.2435, 0.2616]"]
-    rows = {}
-    for name, extra in paths.items():
-        cfg = load_config(None, [*SETTINGS, f"data.path={args.data}", *norm, *extra, *args.set])
-        run = Run(cfg, root / f"resnet20-{name}")
-        try:
-            rows[name], _ = winner_row(bench_cifar.Bench({}, root, f"resnet20-{name}"), run, f"resnet20/{name}")
-        finally:
-            run.close()
-    rows["top1_difference"] = rows["traced"]["top1"] - rows["registered"]["top1"]
-    return rows
+    rows: dict[str, Any] = {name: {} for name in paths}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name, extra in paths.items():
+            seeded = [f"seed={seed}", f"search.seed={seed}"]
+            cfg = load_config(None, [*SETTINGS, f"data.path={args.data}", *norm, *extra, *seeded, *args.set])
+            tag = f"resnet20-{name}" + (f"-seed{seed}" if seed else "")  # seed 0 keeps the first run's directory
+            run = Run(cfg, root / tag)
+            try:
+                rows[name][str(seed)], _ = winner_row(bench_cifar.Bench({}, root, tag), run, f"resnet20/{name}")
+            finally:
+                run.close()
+            save(rows | seed_noise(rows))
+    return rows | seed_noise(rows)
+
+
+def seed_noise(rows: dict[str, Any]) -> dict[str, Any]:
+    """Mean and spread of each path's top-1 over the seeds both have run, and whether they agree: the
+    difference of the means within twice its standard error (each path's seed spread)."""
+    seeds = sorted(set(rows["registered"]) & set(rows["traced"]), key=int)
+    tops = {name: [rows[name][s]["top1"] for s in seeds] for name in ("registered", "traced")}
+    out: dict[str, Any] = {"seeds": seeds}
+    for name, values in tops.items():
+        out[f"{name}_top1_mean"] = statistics.fmean(values) if values else None
+        out[f"{name}_top1_std"] = statistics.stdev(values) if len(values) > 1 else None
+    if len(seeds) > 1:
+        diff = out["traced_top1_mean"] - out["registered_top1_mean"]
+        error = math.sqrt((out["registered_top1_std"] ** 2 + out["traced_top1_std"] ** 2) / len(seeds))
+        out |= {"top1_difference": diff, "difference_std_error": error, "within_noise": abs(diff) <= 2 * error}
+    return out
 
 
 def peer_rows(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -145,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     results["settings"] = SETTINGS + args.set
     rows = args.rows.split(",")
     if "resnet20" in rows:
-        results["resnet20"] = resnet20_rows(args, root)
-        atomic_write_json(out, results)
+
+        def save(rows: dict[str, Any]) -> None:
+            results["resnet20"] = rows
+            atomic_write_json(out, results)
+
+        save(resnet20_rows(args, root, save))
     if "torch_pruning" in rows:
         results[f"torch_pruning_{args.peer_family}"] = peer_rows(args, root)
         atomic_write_json(out, results)
