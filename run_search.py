@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaprune.errors import UserError
+
+if TYPE_CHECKING:
+    from metaprune.config_sections import RunConfig
 
 STAGE_HELP = {
     "pipeline": "run every stage: train-base, train-pruningnet, search, finetune (distilled), quantize, export (the default)",
@@ -91,7 +96,7 @@ def _add_common(parser: argparse.ArgumentParser, default: str) -> None:
         "--run-dir",
         metavar="DIR",
         default=default,
-        help="where checkpoints, the search record and summary.json go (default runs/<name>/)",
+        help="where checkpoints, the search record and summary.json go (default runs/<name>/; --model: runs/<file>-<fn>/)",
     )
     parser.add_argument(
         "--resume", action="store_true", default=default,
@@ -109,6 +114,16 @@ def _add_common(parser: argparse.ArgumentParser, default: str) -> None:
     )  # fmt: skip
 
 
+def default_run_dir(cfg: RunConfig) -> Path:
+    """runs/<name>/; for a --model network left at the quickstart's name, runs/<file>-<function>/, so
+    pruning your own model neither lands in nor is refused by the quickstart's run directory."""
+    if cfg.name != "quickstart" or not cfg.space.model:
+        return Path("runs") / cfg.name
+    module, _, function = str(cfg.space.model).rpartition(":")
+    stem = Path(module).stem if module.endswith(".py") else module.rsplit(".", 1)[-1]
+    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{function}")
+
+
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     stage = args.stage or "pipeline"
@@ -124,7 +139,7 @@ def run(argv: list[str]) -> int:
     if getattr(args, "resume", False):
         config_file = _saved_config(getattr(args, "run_dir", None), config_file)
     cfg = load_config(config_file, overrides)
-    run_dir = Path(getattr(args, "run_dir", None) or Path("runs") / cfg.name)
+    run_dir = Path(getattr(args, "run_dir", None) or default_run_dir(cfg))
     pick = Pick(getattr(args, "trial", None), getattr(args, "max_flops", None))
     if (pick.trial is not None or pick.max_flops is not None) and stage not in ("finetune", "quantize", "export"):
         raise UserError(

@@ -182,3 +182,12 @@ def test_prune_in_python_returns_the_pruned_module_and_resumes(user_files: tuple
     )
     assert again.summary["search"]["scored_this_run"] == 0 and again.summary["finetune"] == pruned.summary["finetune"]
     torch.testing.assert_close(again.model(x), pruned.model(x), rtol=0, atol=0)
+
+
+def test_a_users_model_gets_its_own_default_run_directory() -> None:
+    from run_search import default_run_dir
+
+    assert default_run_dir(load_config(None, [])) == Path("runs/quickstart")
+    assert default_run_dir(load_config(None, ["space.model=models/my_model.py:build"])) == Path("runs/my_model-build")
+    assert default_run_dir(load_config(None, ["space.model=torchvision.models:resnet18"])) == Path("runs/models-resnet18")
+    assert default_run_dir(load_config(None, ["space.model=models/my_model.py:build", "name=mine"])) == Path("runs/mine")
