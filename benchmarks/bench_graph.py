@@ -90,11 +90,10 @@ def winner_row(bench: bench_cifar.Bench, run: Run, key: str) -> tuple[dict[str, 
     return found, model
 
 
-def resnet20_rows(
-    args: argparse.Namespace, root: Path, before: dict[str, Any], save: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """Both paths once per seed (training and search seeded alike); the seeds' spread is the noise.
-    A row resumed from its run directory keeps the seconds `before` (the results file) gave it."""
+def resnet20_rows(args: argparse.Namespace, root: Path, before: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> None:
+    """Both paths once per seed (training and search seeded alike), the rows saved after each run;
+    the seeds' spread is the noise. A row resumed from its run directory keeps the seconds `before`
+    (the results file) gave it."""
     paths = {
         "registered": ["space.family=resnet20", f"base.weights={SHARED / 'resnet20_cifar10.metaprune.pt'}"],
         "traced": [f"space.model={SHARED / 'cifar_resnet.py'}:resnet20", f"base.weights={SHARED / 'resnet20_cifar10.pt'}"],
@@ -116,7 +115,6 @@ def resnet20_rows(
                 row["seconds"] = max(row["seconds"], earlier["seconds"])  # the first run's time, not the resume's
             rows[name][str(seed)] = row
             save(rows | seed_noise(rows))
-    return rows | seed_noise(rows)
 
 
 def seed_noise(rows: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             results["resnet20"] = rows
             atomic_write_json(out, results)
 
-        save(resnet20_rows(args, root, results.get("resnet20", {}), save))
+        resnet20_rows(args, root, results.get("resnet20", {}), save)
     if "torch_pruning" in rows:
         results[f"torch_pruning_{args.peer_family}"] = peer_rows(args, root)
         atomic_write_json(out, results)

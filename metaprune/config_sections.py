@@ -111,7 +111,7 @@ class FinetuneSection(OptimConfig):
 
 @dataclass
 class RunConfig:
-    name: str = "quickstart"  # the default run directory is runs/<name>/
+    name: str = "quickstart"  # the default run directory is runs/<name>/ (space.model: runs/<file>-<function>/)
     seed: int = 0  # seeds training; runs with equal configs and seeds give equal results
     device: str = runtime("auto")  # auto (cuda when present) | cpu | cuda
     threads: int = runtime(0)  # torch CPU threads (0 = torch's default)
